@@ -1,0 +1,59 @@
+"""ONNX Runtime runner (CPU): float ONNX and the QDQ INT8 ONNX that TensorRT consumes."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..errors import MissingBackendError
+from .base import Runner, RunnerInfo
+
+
+def import_onnxruntime():
+    try:
+        import onnxruntime
+    except ImportError as exc:
+        raise MissingBackendError("onnxruntime", "onnx", "ONNX inference") from exc
+    return onnxruntime
+
+
+class OnnxRuntimeRunner(Runner):
+    runtime = "onnxruntime"
+
+    def __init__(self, artifact: str | Path, *, threads: int | None = None,
+                 providers: tuple[str, ...] = ("CPUExecutionProvider",), **options: Any) -> None:
+        super().__init__(artifact, threads=threads, **options)
+        self.providers = list(providers)
+        self.session = None
+
+    def _load_impl(self) -> None:
+        ort = import_onnxruntime()
+        opts = ort.SessionOptions()
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        if self.threads:
+            opts.intra_op_num_threads = self.threads
+        opts.log_severity_level = 3
+        self.session = ort.InferenceSession(str(self.artifact), sess_options=opts, providers=self.providers)
+        self.input_name = self.session.get_inputs()[0].name
+
+    def _infer_impl(self, batch: np.ndarray) -> np.ndarray:
+        return self.session.run(None, {self.input_name: batch})[0]
+
+    def _describe_impl(self) -> RunnerInfo:
+        ort = import_onnxruntime()
+        precision = "int8-qdq" if _has_qdq(self.artifact) else "fp32"
+        return RunnerInfo(runtime="onnxruntime", version=ort.__version__, device="cpu", precision=precision,
+                          threads=self.threads, extra={"providers": self.session.get_providers()})
+
+    def close(self) -> None:
+        self.session = None
+        super().close()
+
+
+def _has_qdq(path: Path) -> bool:
+    import onnx
+
+    model = onnx.load(str(path), load_external_data=False)
+    return any(node.op_type == "QuantizeLinear" for node in model.graph.node)

@@ -1,0 +1,174 @@
+"""The ``edgetl`` command line: parse options, call the library, print the result.
+
+Every command is a few lines over a documented function; an :class:`EdgetlError` becomes one
+line on stderr and a non-zero exit (no traceback), anything else is a bug and keeps its trace.
+"""
+
+from __future__ import annotations
+
+import functools
+import sys
+from pathlib import Path
+
+import click
+
+from . import __version__
+from .errors import EdgetlError
+
+
+def handle_errors(func):
+    """Turn EdgetlError into ``error: message`` and its exit code; Ctrl-C into exit 130."""
+    @functools.wraps(func)
+    def wrapper(*args, **kwargs):
+        try:
+            return func(*args, **kwargs)
+        except EdgetlError as exc:
+            click.echo(f"error: {exc}", err=True)
+            sys.exit(exc.exit_code)
+        except KeyboardInterrupt:
+            click.echo("interrupted", err=True)
+            sys.exit(130)
+    return wrapper
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(__version__, prog_name="edgetl")
+@click.option("-v", "--verbose", is_flag=True, help="Debug logging.")
+def cli(verbose: bool) -> None:
+    """edgetl: image folder -> fine-tuned, compressed, benchmarked model for an edge device.
+
+    \b
+    Typical path:
+      edgetl finetune DATA --model efficientnet_lite0 --output runs/demo
+      edgetl export runs/demo                      # ONNX + parity check
+      edgetl export runs/demo --target intel-cpu --precision int8
+      edgetl bench runs/demo
+    Try `edgetl demo` for the whole path on a built-in dataset.
+    """
+    from ._console import setup_logging
+
+    setup_logging(verbose)
+
+
+@cli.command()
+@click.argument("data", type=click.Path(path_type=Path), required=False)
+@click.option("-m", "--model", default="efficientnet_lite0", show_default=True,
+              help="Backbone: edgetl/torchvision/timm name (e.g. resnet50, timm:convnext_tiny).")
+@click.option("-o", "--output", type=click.Path(path_type=Path), help="Run folder [default: runs/DATA-MODEL].")
+@click.option("--strategy", type=click.Choice(["linear-probe", "full", "gradual"]), default="full", show_default=True,
+              help="linear-probe: frozen backbone; full: train everything; gradual: unfreeze from the top.")
+@click.option("--epochs", type=click.IntRange(min=1), default=10, show_default=True)
+@click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True)
+@click.option("--lr", type=float, help="Head learning rate [default: 3e-3 linear-probe, 1e-3 otherwise].")
+@click.option("--optimizer", type=click.Choice(["adamw", "sgd"]), default="adamw", show_default=True)
+@click.option("--weights", type=click.Path(path_type=Path), help="Local weight file to start from (no download).")
+@click.option("--no-pretrained", is_flag=True, help="Random initialisation instead of pretrained weights.")
+@click.option("--val", type=click.Path(path_type=Path), help="Validation folder [default: DATA/val or a split].")
+@click.option("--val-fraction", type=float, default=0.2, show_default=True, help="Held-out share when no val folder.")
+@click.option("--image-size", type=click.IntRange(min=8), help="Override the backbone's input resolution.")
+@click.option("--label-smoothing", type=float, default=0.1, show_default=True)
+@click.option("--patience", type=click.IntRange(min=0), default=5, show_default=True,
+              help="Early stopping after N epochs without improvement (0: off).")
+@click.option("--no-augment", is_flag=True, help="No random crops, flips or colour jitter.")
+@click.option("--no-cache", is_flag=True, help="linear-probe: run the backbone every epoch instead of caching.")
+@click.option("--strict", is_flag=True, help="Fail on an unreadable image instead of skipping it.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--workers", type=click.IntRange(min=0), default=1, show_default=True, help="Data loader processes.")
+@click.option("--threads", type=click.IntRange(min=1), help="Torch CPU threads [default: all cores].")
+@click.option("--save-every-epoch", is_flag=True, help="Keep a checkpoint file for every epoch.")
+@click.option("--overwrite", is_flag=True, help="Replace an existing run folder.")
+@click.option("--resume", "resume_dir", type=click.Path(path_type=Path),
+              help="Continue the interrupted run in this folder (other options come from its manifest).")
+@handle_errors
+def finetune(data, model, output, strategy, epochs, batch_size, lr, optimizer, weights, no_pretrained, val,
+             val_fraction, image_size, label_smoothing, patience, no_augment, no_cache, strict, seed, workers,
+             threads, save_every_epoch, overwrite, resume_dir) -> None:
+    """Fine-tune a pretrained backbone on an image folder (DATA/CLASS/*.jpg or DATA/{train,val}/CLASS)."""
+    from . import finetune as ft
+
+    if resume_dir is not None:
+        result = ft.resume(resume_dir, epochs=epochs if epochs != 10 else None)
+    else:
+        if data is None:
+            raise click.UsageError("DATA is required (or --resume RUN)")
+        config = ft.FinetuneConfig(
+            data=str(data), output=str(output or ""), model=model, weights=str(weights) if weights else None,
+            pretrained=not no_pretrained, strategy=strategy, epochs=epochs, batch_size=batch_size, lr=lr,
+            optimizer=optimizer, val=str(val) if val else None, val_fraction=val_fraction, image_size=image_size,
+            label_smoothing=label_smoothing, patience=patience or None, augment=not no_augment,
+            cache_features=not no_cache, strict=strict, seed=seed, workers=workers, threads=threads,
+            save_every_epoch=save_every_epoch)
+        result = ft.finetune(config, overwrite=overwrite)
+    m = result.metrics
+    click.echo(f"{result.run_dir}: val top-1 {100 * m['top1']:.2f}%  top-5 {100 * m['top5']:.2f}%  "
+               f"best epoch {m['best_epoch']}/{m['epochs_run']}  {m['wall_time_s']:.0f} s")
+    for name, acc in m["per_class"].items():
+        click.echo(f"  {name:<24} {100 * acc:6.2f}%" if acc is not None else f"  {name:<24}   n/a")
+
+
+@cli.command()
+@click.argument("run", type=click.Path(path_type=Path))
+@click.option("--opset", type=int, default=18, show_default=True)
+@click.option("--static-batch", is_flag=True, help="Fix the batch dimension instead of leaving it dynamic.")
+@click.option("--no-simplify", is_flag=True, help="Skip onnxslim.")
+@click.option("--exporter", type=click.Choice(["dynamo", "torchscript"]), default="dynamo", show_default=True)
+@click.option("--atol", type=float, default=1e-4, show_default=True, help="Parity tolerance on logits.")
+@click.option("--parity-images", type=click.IntRange(min=1), help="Check only this many val images.")
+@click.option("--data", type=click.Path(path_type=Path), help="Labelled folder for the parity check.")
+@handle_errors
+def export(run, opset, static_batch, no_simplify, exporter, atol, parity_images, data) -> None:
+    """Export a fine-tuned RUN to ONNX and check it against PyTorch on real images."""
+    from .export import ExportConfig, export_onnx
+
+    config = ExportConfig(opset=opset, dynamic_batch=not static_batch, simplify=not no_simplify, exporter=exporter,
+                          atol=atol, parity_images=parity_images, data=str(data) if data else None)
+    result = export_onnx(run, config)
+    m = result.metrics
+    click.echo(f"{result.path}: max |ONNX - PyTorch| {m['max_abs_diff']:.2e}, top-1 agreement "
+               f"{100 * m['top1_agreement']:.1f}% on {m['parity_images']} images")
+
+
+@cli.command()
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+@handle_errors
+def doctor(as_json: bool) -> None:
+    """Which runtimes and devices this machine has, with versions."""
+    import json
+
+    from .doctor import environment_report, render_report
+
+    report = environment_report()
+    click.echo(json.dumps(report, indent=2) if as_json else render_report(report))
+
+
+@cli.command()
+@click.argument("pattern", required=False)
+@handle_errors
+def models(pattern: str | None) -> None:
+    """List backbone names (optionally only those containing PATTERN)."""
+    from .models import list_backbones
+
+    for source, names in list_backbones().items():
+        chosen = [n for n in names if not pattern or pattern.lower() in n.lower()]
+        if chosen:
+            click.echo(f"{source} ({len(chosen)}): " + ", ".join(chosen[:200]) + (" ..." if len(chosen) > 200 else ""))
+
+
+@cli.command()
+@click.option("-o", "--output", type=click.Path(path_type=Path), default=Path("runs/demo"), show_default=True)
+@click.option("--data", type=click.Path(path_type=Path), help="Image folder to use instead of the built-in digits.")
+@click.option("--quick", is_flag=True, help="Fewer epochs and a smaller input size (a smoke test).")
+@handle_errors
+def demo(output: Path, data: Path | None, quick: bool) -> None:
+    """The whole pipeline on a built-in dataset (scikit-learn's digits as images): no download needed."""
+    from .demo import run_demo
+
+    run_demo(output, data=data, quick=quick)
+
+
+def main() -> None:
+    cli(prog_name="edgetl")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""Model compression: quantization (INT8/FP16) and structured pruning."""

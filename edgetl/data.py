@@ -1,0 +1,255 @@
+"""Image folders: validation, train/val splits, loading, class-balanced sampling.
+
+A dataset is ``ROOT/CLASS/*.jpg``; when ``ROOT`` holds ``train/`` and ``val/`` (or ``valid/``,
+``validation/``), those are used as the split. Every image is checked once when the folder is
+scanned, so a corrupt file is reported up front, not in the middle of epoch 7.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import warnings
+from collections import Counter, defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .errors import DatasetError
+
+log = logging.getLogger(__name__)
+
+IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm"})
+VAL_DIR_NAMES = ("val", "valid", "validation")
+
+
+@dataclass
+class ImageFolderScan:
+    """What a folder holds: class names, usable samples and what was skipped or converted."""
+
+    root: Path
+    classes: list[str]
+    samples: list[tuple[Path, int]]
+    skipped: list[tuple[Path, str]] = field(default_factory=list)
+    converted: Counter = field(default_factory=Counter)
+    """Images that are not RGB (grayscale, RGBA, palette ...), by PIL mode; converted on load."""
+
+    def counts(self) -> dict[str, int]:
+        tally = Counter(label for _, label in self.samples)
+        return {name: tally[i] for i, name in enumerate(self.classes)}
+
+    def summary(self) -> str:
+        parts = [f"{len(self.samples)} images in {len(self.classes)} classes"]
+        if self.skipped:
+            parts.append(f"{len(self.skipped)} unreadable skipped")
+        if self.converted:
+            parts.append("converted to RGB: " + ", ".join(f"{n} {m}" for m, n in sorted(self.converted.items())))
+        return f"{self.root}: " + "; ".join(parts)
+
+
+def _check_image(path: Path) -> tuple[str | None, str | None]:
+    """(PIL mode, None) for a decodable image, (None, reason) otherwise."""
+    from PIL import Image
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # PIL's palette-transparency chatter
+            with Image.open(path) as img:
+                mode = img.mode
+                img.draft("RGB", (64, 64))  # JPEG: decode at reduced scale, still reads the whole stream
+                img.load()
+        return mode, None
+    except Exception as exc:  # PIL raises many types for broken files
+        return None, f"{type(exc).__name__}: {exc}".splitlines()[0][:200]
+
+
+def scan_image_folder(root: str | Path, *, strict: bool = False, classes: list[str] | None = None) -> ImageFolderScan:
+    """Validate ``root/CLASS/*`` and list its images.
+
+    Raises :class:`DatasetError` for a missing path, no class folders or an empty class. Corrupt
+    images are skipped and counted, or raise when ``strict``. ``classes`` forces the expected class
+    set (for a val folder that must match train).
+    """
+    root = Path(root)
+    if not root.exists():
+        raise DatasetError(f"dataset path does not exist: {root}")
+    if not root.is_dir():
+        raise DatasetError(f"dataset path is not a folder: {root}")
+    found = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    if not found:
+        raise DatasetError(f"{root} has no class subfolders: expected {root}/CLASS_NAME/image.jpg")
+    if classes is not None and found != classes:
+        missing, extra = sorted(set(classes) - set(found)), sorted(set(found) - set(classes))
+        raise DatasetError(
+            f"{root} classes differ from the training classes: missing {missing or 'none'}, extra {extra or 'none'}")
+    scan = ImageFolderScan(root=root, classes=found, samples=[])
+    for label, name in enumerate(found):
+        files = sorted(p for p in (root / name).rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
+        usable = 0
+        for path in files:
+            mode, problem = _check_image(path)
+            if problem:
+                if strict:
+                    raise DatasetError(f"unreadable image {path} ({problem}); remove it or drop --strict to skip it")
+                scan.skipped.append((path, problem))
+                continue
+            if mode != "RGB":
+                scan.converted[mode] += 1
+            scan.samples.append((path, label))
+            usable += 1
+        if not usable:
+            raise DatasetError(f"class folder {root / name} has no readable images "
+                               f"(extensions: {', '.join(sorted(IMAGE_EXTENSIONS))})")
+    for path, problem in scan.skipped:
+        log.warning("skipped unreadable image %s: %s", path, problem)
+    return scan
+
+
+@dataclass
+class DatasetSplits:
+    classes: list[str]
+    train: list[tuple[Path, int]]
+    val: list[tuple[Path, int]]
+    val_source: str
+    """'folder' when a val folder was given, else 'split:<fraction>'."""
+    scans: list[ImageFolderScan]
+
+    @property
+    def skipped(self) -> int:
+        return sum(len(s.skipped) for s in self.scans)
+
+    @property
+    def converted(self) -> int:
+        return sum(sum(s.converted.values()) for s in self.scans)
+
+
+def find_val_dir(root: Path) -> Path | None:
+    for name in VAL_DIR_NAMES:
+        if (root / name).is_dir():
+            return root / name
+    return None
+
+
+def load_splits(root: str | Path, *, val: str | Path | None = None, val_fraction: float = 0.2,
+                seed: int = 0, strict: bool = False) -> DatasetSplits:
+    """Train and val samples from a dataset root (``train/``+``val/`` layout or a single class folder)."""
+    root = Path(root)
+    if not root.exists():
+        raise DatasetError(f"dataset path does not exist: {root}")
+    train_dir = root / "train" if (root / "train").is_dir() else root
+    val_dir = Path(val) if val is not None else (find_val_dir(root) if train_dir != root else None)
+    train_scan = scan_image_folder(train_dir, strict=strict)
+    if val_dir is not None:
+        val_scan = scan_image_folder(val_dir, strict=strict, classes=train_scan.classes)
+        return DatasetSplits(train_scan.classes, train_scan.samples, val_scan.samples, "folder",
+                             [train_scan, val_scan])
+    if not 0.0 < val_fraction < 1.0:
+        raise DatasetError(f"no val folder in {root} and val fraction {val_fraction} is not in (0, 1)")
+    train, held_out = stratified_split(train_scan.samples, val_fraction, seed)
+    return DatasetSplits(train_scan.classes, train, held_out, f"split:{val_fraction}", [train_scan])
+
+
+def stratified_split(samples: list[tuple[Path, int]], fraction: float, seed: int
+                     ) -> tuple[list[tuple[Path, int]], list[tuple[Path, int]]]:
+    """Hold out ``fraction`` of each class (at least one image when the class has two or more)."""
+    by_class: dict[int, list[tuple[Path, int]]] = defaultdict(list)
+    for sample in samples:
+        by_class[sample[1]].append(sample)
+    rng = random.Random(seed)
+    train, val = [], []
+    for label in sorted(by_class):
+        items = by_class[label][:]
+        rng.shuffle(items)
+        n_val = min(len(items) - 1, max(1, round(len(items) * fraction))) if len(items) > 1 else 0
+        val.extend(items[:n_val])
+        train.extend(items[n_val:])
+    return sorted(train), sorted(val)
+
+
+def balanced_sample(samples: list[tuple[Path, int]], n: int, seed: int = 0) -> list[tuple[Path, int]]:
+    """Up to ``n`` samples spread as evenly as possible over classes (for calibration)."""
+    by_class: dict[int, list[tuple[Path, int]]] = defaultdict(list)
+    for sample in samples:
+        by_class[sample[1]].append(sample)
+    rng = random.Random(seed)
+    for items in by_class.values():
+        rng.shuffle(items)
+    chosen: list[tuple[Path, int]] = []
+    queues = [by_class[k] for k in sorted(by_class)]
+    while len(chosen) < n and any(queues):
+        for queue in queues:
+            if queue and len(chosen) < n:
+                chosen.append(queue.pop())
+    return chosen
+
+
+def load_rgb(path: Path):
+    """Open an image as RGB (grayscale, RGBA and palette images are converted)."""
+    from PIL import Image
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        with Image.open(path) as img:
+            if img.mode in ("RGBA", "LA") or (img.mode == "P" and "transparency" in img.info):
+                img = img.convert("RGBA")
+                background = Image.new("RGBA", img.size, (255, 255, 255, 255))
+                return Image.alpha_composite(background, img).convert("RGB")
+            return img.convert("RGB")
+
+
+class ImageListDataset:
+    """A torch-style dataset over ``(path, label)`` pairs with a transform."""
+
+    def __init__(self, samples: list[tuple[Path, int]], transform=None) -> None:
+        self.samples = samples
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, index: int):
+        path, label = self.samples[index]
+        try:
+            image = load_rgb(path)
+        except Exception as exc:
+            raise DatasetError(f"could not read {path} during training: {exc}") from exc
+        return (self.transform(image) if self.transform else image), label
+
+
+def make_loader(samples, transform, batch_size: int, *, shuffle: bool = False, workers: int = 0, seed: int = 0):
+    import torch
+    from torch.utils.data import DataLoader
+
+    generator = torch.Generator().manual_seed(seed)
+    return DataLoader(ImageListDataset(samples, transform), batch_size=batch_size, shuffle=shuffle,
+                      num_workers=workers, generator=generator, persistent_workers=workers > 0)
+
+
+def run_eval_samples(manifest, data: str | Path | None = None, split: str = "val") -> list[tuple[Path, int]]:
+    """The labelled images a run was validated on (or ``data``, a class folder with the run's classes)."""
+    if data is not None:
+        return scan_image_folder(Path(data), classes=manifest.classes).samples
+    stage = manifest.stage("finetune")
+    if not stage:
+        raise DatasetError(f"{manifest.run_dir} records no dataset: pass --data FOLDER")
+    opts = stage["options"]
+    if not Path(opts["data"]).exists():
+        raise DatasetError(f"the run's dataset {opts['data']} is gone: pass --data FOLDER with the classes "
+                           f"{', '.join(manifest.classes)}")
+    splits = load_splits(opts["data"], val=opts.get("val"), val_fraction=opts.get("val_fraction", 0.2),
+                         seed=opts.get("seed", 0))
+    if splits.classes != manifest.classes:
+        raise DatasetError(f"{opts['data']} now has classes {splits.classes}, the run was trained on {manifest.classes}")
+    return splits.val if split == "val" else splits.train
+
+
+def load_array(samples: list[tuple[Path, int]], spec, limit: int | None = None):
+    """Preprocess ``samples`` per ``spec`` into one float32 NCHW array and an int64 label array."""
+    import numpy as np
+
+    transform = spec.eval_transform()
+    chosen = samples[:limit] if limit else samples
+    if not chosen:
+        raise DatasetError("no images to evaluate on")
+    images = np.stack([transform(load_rgb(path)).numpy() for path, _ in chosen]).astype(np.float32)
+    labels = np.array([label for _, label in chosen], dtype=np.int64)
+    return images, labels

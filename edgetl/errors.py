@@ -1,0 +1,69 @@
+"""Every error edgetl raises on purpose.
+
+The CLI turns any :class:`EdgetlError` into one line on stderr and a non-zero exit; anything
+else is a bug and keeps its traceback. Messages say what went wrong *and* what to do next.
+"""
+
+from __future__ import annotations
+
+
+class EdgetlError(Exception):
+    """Base class: a problem with the user's input or environment, reported in one line."""
+
+    exit_code = 1
+
+
+class DatasetError(EdgetlError):
+    """An image folder that cannot be used: missing, empty, mismatched classes, bad images."""
+
+
+class ModelError(EdgetlError):
+    """An unknown backbone, or weights that do not fit the architecture."""
+
+
+class RunFolderError(EdgetlError):
+    """A run folder without the manifest or artifacts a stage needs."""
+
+
+class ConfigError(EdgetlError):
+    """An option value that is out of range or inconsistent with another."""
+
+
+class MissingBackendError(EdgetlError):
+    """An optional runtime (OpenVINO, TensorRT, ...) is not installed."""
+
+    def __init__(self, package: str, extra: str | None = None, purpose: str = "") -> None:
+        hint = f"pip install 'edgetl[{extra}]'" if extra else f"pip install {package}"
+        what = f" for {purpose}" if purpose else ""
+        super().__init__(f"{package} is required{what} but is not installed: {hint}")
+        self.package = package
+        self.extra = extra
+
+
+class ParityError(EdgetlError):
+    """An exported model whose outputs differ from the PyTorch model beyond tolerance."""
+
+
+class AccuracyBudgetError(EdgetlError):
+    """A compressed model could not be brought within the allowed accuracy drop."""
+
+
+class TargetError(EdgetlError):
+    """An unknown target, or a target the run or the machine cannot serve."""
+
+
+class RegressionError(EdgetlError):
+    """A benchmark comparison found a regression beyond the allowed threshold."""
+
+    exit_code = 3
+
+
+def did_you_mean(name: str, choices: list[str] | tuple[str, ...], n: int = 3) -> str:
+    """' Did you mean: a, b?' for the closest names, or '' when nothing is close."""
+    import difflib
+
+    close = difflib.get_close_matches(name, list(choices), n=n, cutoff=0.5)
+    if not close:
+        lowered = name.lower()
+        close = [c for c in choices if lowered in c.lower()][:n]
+    return f" Did you mean: {', '.join(close)}?" if close else ""

@@ -1,0 +1,149 @@
+"""ONNX export with dynamic batch, onnxslim simplification and a parity check against PyTorch.
+
+The model is written to a temporary file, simplified and checked on real images; only a model
+that passes replaces ``RUN/onnx/model.onnx``. A parity failure is an error, not a warning.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+
+from ._io import atomic_path
+from .errors import ConfigError, ParityError
+from .manifest import Manifest
+
+log = logging.getLogger(__name__)
+STAGE = "onnx"
+INPUT_NAME, OUTPUT_NAME = "input", "logits"
+
+
+@dataclass
+class ExportConfig:
+    """How the float ONNX model is produced and checked."""
+
+    opset: int = 18
+    """ONNX opset (TensorRT 10 and OpenVINO 2024+ read 17-18 well)."""
+    dynamic_batch: bool = True
+    """Leave the batch dimension symbolic (TensorRT then needs an optimization profile)."""
+    simplify: bool = True
+    """Run onnxslim (constant folding, fusion of redundant nodes)."""
+    exporter: Literal["dynamo", "torchscript"] = "dynamo"
+    """torch.onnx exporter: the torch.export based one, or the legacy TorchScript tracer."""
+    atol: float = 1e-4
+    """Largest allowed |ONNX - PyTorch| over all logits of the parity images."""
+    parity_images: int | None = None
+    """How many val images to check (None: all of them)."""
+    data: str | None = None
+    """Labelled folder for the parity check (default: the run's val split)."""
+
+    def __post_init__(self) -> None:
+        if not 13 <= self.opset <= 23:
+            raise ConfigError(f"opset must be between 13 and 23, got {self.opset}")
+        if self.exporter not in ("dynamo", "torchscript"):
+            raise ConfigError(f"exporter must be dynamo or torchscript, not {self.exporter!r}")
+        if self.atol <= 0:
+            raise ConfigError("atol must be positive")
+
+
+@dataclass
+class ExportResult:
+    path: Path
+    metrics: dict[str, Any]
+
+
+def export_onnx(run_dir: str | Path, config: ExportConfig | None = None) -> ExportResult:
+    """Export ``RUN/checkpoint.pt`` to ``RUN/onnx/model.onnx`` and record it in the manifest."""
+    from .data import load_array, run_eval_samples
+    from .models import load_run_model
+    from .preprocessing import PreprocessSpec
+
+    config = config or ExportConfig()
+    manifest = Manifest.load(run_dir)
+    manifest.require("finetune", "finish (or --resume) fine-tuning before exporting")
+    model, _ = load_run_model(run_dir)
+    spec = PreprocessSpec.from_dict(manifest.data["preprocessing"])
+    samples = run_eval_samples(manifest, config.data)
+    images, labels = load_array(samples, spec, config.parity_images)
+    target = Path(run_dir) / "onnx" / "model.onnx"
+    manifest.begin(STAGE, asdict(config))
+    try:
+        start = time.perf_counter()
+        with atomic_path(target, suffix=".onnx") as tmp:
+            torch_to_onnx(model, tmp, spec.input_size, config)
+            export_s = time.perf_counter() - start
+            if config.simplify:
+                simplify_onnx(tmp)
+            metrics = check_parity(model, tmp, images, config.atol)
+            metrics.update(export_s=round(export_s, 2), parity_labels_top1=float(
+                (metrics.pop("_onnx_logits").argmax(1) == labels).mean()))
+    except BaseException as exc:
+        manifest.fail(STAGE, f"{type(exc).__name__}: {exc}"[:300])
+        raise
+    manifest.add_artifact(STAGE, target, runtime="onnxruntime", precision="fp32", format="onnx")
+    manifest.finish(STAGE, metrics)
+    log.info("wrote %s: max |ONNX - PyTorch| %.2e over %d images, top-1 agreement %.1f%%", target,
+             metrics["max_abs_diff"], metrics["parity_images"], 100 * metrics["top1_agreement"])
+    return ExportResult(target, metrics)
+
+
+def torch_to_onnx(model: Any, path: Path, input_size: int, config: ExportConfig) -> None:
+    """Write the float model as ONNX: NCHW float32 ``input`` -> ``logits``, batch symbolic if asked."""
+    import contextlib
+    import io
+    import warnings
+
+    import torch
+
+    model.eval()
+    example = torch.randn(2, 3, input_size, input_size)
+    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+        warnings.simplefilter("ignore")
+        if config.exporter == "dynamo":
+            dynamic = ({0: torch.export.Dim("batch", min=1, max=4096)},) if config.dynamic_batch else None
+            torch.onnx.export(model, (example,), str(path), dynamo=True, input_names=[INPUT_NAME],
+                              output_names=[OUTPUT_NAME], dynamic_shapes=dynamic, opset_version=config.opset,
+                              external_data=False)
+        else:
+            axes = {INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}} if config.dynamic_batch else None
+            torch.onnx.export(model, (example,), str(path), dynamo=False, input_names=[INPUT_NAME],
+                              output_names=[OUTPUT_NAME], dynamic_axes=axes, opset_version=config.opset)
+
+
+def simplify_onnx(path: Path) -> None:
+    import onnx
+    import onnxslim
+
+    model = onnxslim.slim(onnx.load(str(path)))
+    onnx.save(model, str(path))
+
+
+def check_parity(model: Any, onnx_path: Path, images: np.ndarray, atol: float, batch_size: int = 16
+                 ) -> dict[str, Any]:
+    """Compare ONNX Runtime with PyTorch on ``images``; raise :class:`ParityError` beyond ``atol``."""
+    from .backends.onnxruntime import OnnxRuntimeRunner
+    from .backends.torch_eager import TorchRunner
+
+    reference = TorchRunner.from_module(model)
+    with OnnxRuntimeRunner(onnx_path) as candidate:
+        ref, out = [], []
+        for start in range(0, len(images), batch_size):
+            batch = images[start:start + batch_size]
+            ref.append(reference.infer(batch))
+            out.append(candidate.infer(batch))
+    ref_logits, onnx_logits = np.concatenate(ref), np.concatenate(out)
+    diff = np.abs(ref_logits - onnx_logits)
+    agreement = float(np.mean(ref_logits.argmax(1) == onnx_logits.argmax(1)))
+    metrics = {"parity_images": int(len(images)), "max_abs_diff": float(diff.max()),
+               "mean_abs_diff": float(diff.mean()), "top1_agreement": agreement, "atol": atol,
+               "_onnx_logits": onnx_logits}
+    if metrics["max_abs_diff"] > atol or agreement < 1.0:
+        raise ParityError(f"ONNX output differs from PyTorch: max abs diff {metrics['max_abs_diff']:.3e} "
+                          f"(allowed {atol:.0e}), top-1 agreement {100 * agreement:.2f}% over {len(images)} images; "
+                          "try --exporter torchscript or a different --opset")
+    return metrics
