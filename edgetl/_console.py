@@ -17,7 +17,7 @@ console = Console(stderr=True)
 def setup_logging(verbose: bool = False) -> None:
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, format="%(message)s",
                         handlers=[RichHandler(console=console, show_path=False, show_time=False)], force=True)
-    for noisy in ("nncf", "matplotlib", "PIL", "onnxslim", "torch", "onnxscript"):
+    for noisy in ("nncf", "matplotlib", "PIL", "onnxslim", "torch", "onnxscript", "onnx_ir", "onnxruntime"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 

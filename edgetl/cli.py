@@ -112,20 +112,53 @@ def finetune(data, model, output, strategy, epochs, batch_size, lr, optimizer, w
 @click.option("--static-batch", is_flag=True, help="Fix the batch dimension instead of leaving it dynamic.")
 @click.option("--no-simplify", is_flag=True, help="Skip onnxslim.")
 @click.option("--exporter", type=click.Choice(["dynamo", "torchscript"]), default="dynamo", show_default=True)
-@click.option("--atol", type=float, default=1e-4, show_default=True, help="Parity tolerance on logits.")
+@click.option("--atol", type=float, default=1e-4, show_default=True, help="Parity: absolute tolerance on logits.")
+@click.option("--rtol", type=float, default=2e-4, show_default=True, help="Parity: tolerance relative to |logit|.")
 @click.option("--parity-images", type=click.IntRange(min=1), help="Check only this many val images.")
 @click.option("--data", type=click.Path(path_type=Path), help="Labelled folder for the parity check.")
+@click.option("--target", help="Also build for a device profile (e.g. intel-cpu) from the ONNX model.")
+@click.option("--precision", type=click.Choice(["fp32", "fp16", "int8"]),
+              help="Target precision [default: the target's default].")
+@click.option("--calib-data", type=click.Path(path_type=Path),
+              help="INT8 calibration images (CLASS/*.jpg, the run's classes) [default: the run's training split].")
+@click.option("--calib-size", type=click.IntRange(min=1), default=300, show_default=True,
+              help="Calibration images, sampled class-balanced.")
+@click.option("--max-drop", type=click.FloatRange(0, 100),
+              help="Allowed val top-1 drop vs the PyTorch float model, in points (INT8 then uses accuracy control).")
 @handle_errors
-def export(run, opset, static_batch, no_simplify, exporter, atol, parity_images, data) -> None:
-    """Export a fine-tuned RUN to ONNX and check it against PyTorch on real images."""
+def export(run, opset, static_batch, no_simplify, exporter, atol, rtol, parity_images, data, target, precision,
+           calib_data, calib_size, max_drop) -> None:
+    """Export a fine-tuned RUN to ONNX and check it against PyTorch on real images.
+
+    With --target, also build the device artifact (e.g. OpenVINO IR in RUN/intel-cpu/int8/); the
+    ONNX export runs first only if the run has none yet.
+    """
     from .export import ExportConfig, export_onnx
+    from .manifest import Manifest
+
+    if target is not None and Manifest.load(run).completed("onnx"):
+        return _build_target(run, target, precision, calib_data, calib_size, max_drop, data)
 
     config = ExportConfig(opset=opset, dynamic_batch=not static_batch, simplify=not no_simplify, exporter=exporter,
-                          atol=atol, parity_images=parity_images, data=str(data) if data else None)
+                          atol=atol, rtol=rtol, parity_images=parity_images, data=str(data) if data else None)
     result = export_onnx(run, config)
     m = result.metrics
     click.echo(f"{result.path}: max |ONNX - PyTorch| {m['max_abs_diff']:.2e}, top-1 agreement "
-               f"{100 * m['top1_agreement']:.1f}% on {m['parity_images']} images")
+               f"{100 * m['top1_agreement']:.1f}% on {m['parity_images']} images"
+               + (f" ({m['tie_flips']} numerical tie(s))" if m["tie_flips"] else ""))
+    if target is not None:
+        _build_target(run, target, precision, calib_data, calib_size, max_drop, data)
+
+
+def _build_target(run, target, precision, calib_data, calib_size, max_drop, data) -> None:
+    from .build import TargetBuildConfig, build_target
+
+    built = build_target(run, TargetBuildConfig(
+        target=target, precision=precision, calib_data=str(calib_data) if calib_data else None,
+        calib_size=calib_size, max_drop=max_drop, data=str(data) if data else None))
+    m = built.metrics
+    click.echo(f"{built.path}: top-1 {100 * m['top1']:.2f}% (float {100 * m['float_top1']:.2f}%, drop "
+               f"{m['drop_points']:.2f} points), runs in {m['executed_precision']}, batch-1 p50 {m['latency_p50_ms']} ms")
 
 
 @cli.command()
@@ -164,6 +197,64 @@ def demo(output: Path, data: Path | None, quick: bool) -> None:
     from .demo import run_demo
 
     run_demo(output, data=data, quick=quick)
+
+
+@cli.command()
+@click.argument("inputs", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("--data", type=click.Path(path_type=Path), help="Labelled folder with the run's classes [default: val split].")
+@click.option("--batch", "batch", default="1", show_default=True, help="Batch sweep, e.g. 1,8,32.")
+@click.option("--warmup", type=click.IntRange(min=0), default=5, show_default=True, help="Untimed runs first.")
+@click.option("--iterations", type=click.IntRange(min=1), default=30, show_default=True,
+              help="Timed runs per artifact per batch per round.")
+@click.option("--rounds", type=click.IntRange(min=1), default=5, show_default=True,
+              help="Interleaved rounds (artifact order rotates); p50 is the lowest round median.")
+@click.option("--round-time", type=click.FloatRange(min=0.01), default=3.0, show_default=True,
+              help="Seconds per artifact per round before a round stops early.")
+@click.option("--threads", type=click.IntRange(min=1), help="Inference threads for every runtime.")
+@click.option("--streams", type=click.IntRange(min=1), help="OpenVINO inference streams.")
+@click.option("--performance-hint", type=click.Choice(["latency", "throughput"], case_sensitive=False),
+              help="OpenVINO performance hint.")
+@click.option("--no-true-fp32", is_flag=True, help="Do not add the INFERENCE_PRECISION_HINT=f32 run of FP32 IRs.")
+@click.option("--runtime", "runtimes", multiple=True, help="Only this runtime (repeatable).")
+@click.option("--limit", type=click.IntRange(min=1), help="Evaluate on at most N class-balanced images.")
+@click.option("--no-accuracy", is_flag=True, help="Latency only.")
+@click.option("--no-memory", is_flag=True, help="Skip the per-artifact peak-memory subprocess.")
+@click.option("-o", "--output", type=click.Path(path_type=Path), help="Report folder [default: RUN/bench].")
+@click.option("--compare", type=click.Path(path_type=Path), help="Earlier report.json to compare latencies with.")
+@click.option("--fail-on-regression", type=click.FloatRange(min=0), metavar="PCT",
+              help="With --compare: exit 3 when any p50 got slower by more than PCT percent.")
+@handle_errors
+def bench(inputs, data, batch, warmup, iterations, rounds, round_time, threads, streams, performance_hint,
+          no_true_fp32, runtimes, limit, no_accuracy, no_memory, output, compare, fail_on_regression) -> None:
+    """Latency and accuracy drop of every artifact of a RUN (or of artifact files), side by side."""
+    from rich.console import Console
+
+    from .bench import BenchConfig, benchmark, parse_batch_sizes, render_comparison, render_table
+    from .errors import EdgetlError, RegressionError
+
+    config = BenchConfig(
+        batch_sizes=parse_batch_sizes(batch), warmup=warmup, iterations=iterations, rounds=rounds,
+        round_time_s=round_time, threads=threads, streams=streams, performance_hint=performance_hint,
+        true_fp32=not no_true_fp32, runtimes=tuple(runtimes) or None, limit=limit, accuracy=not no_accuracy,
+        memory=not no_memory, data=str(data) if data else None, output=str(output) if output else None,
+        compare=str(compare) if compare else None, fail_on_regression=fail_on_regression)
+    target = inputs[0] if len(inputs) == 1 else list(inputs)
+    console = Console(width=None if sys.stdout.isatty() else 220)  # results on stdout, never wrapped in pipes
+    try:
+        report = benchmark(target, config, progress=sys.stderr.isatty())
+    except RegressionError as exc:  # the reports are written; show them before exiting 3
+        console.print(render_table(exc.report.data))
+        console.print(render_comparison(exc.report.data["comparison"]))
+        raise
+    console.print(render_table(report.data))
+    for note in report.data["notes"]:
+        console.print(f"  note: {note}", highlight=False)
+    if report.data.get("comparison"):
+        console.print(render_comparison(report.data["comparison"]))
+    click.echo(f"reports: {', '.join(str(p) for p in report.files.values())}")
+    if report.failed:
+        raise EdgetlError(f"{len(report.failed)} artifact(s) failed: "
+                          + "; ".join(f"{r['key']}: {r['reason']}" for r in report.failed))
 
 
 def main() -> None:

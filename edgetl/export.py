@@ -30,13 +30,16 @@ class ExportConfig:
     opset: int = 18
     """ONNX opset (TensorRT 10 and OpenVINO 2024+ read 17-18 well)."""
     dynamic_batch: bool = True
-    """Leave the batch dimension symbolic (TensorRT then needs an optimization profile)."""
+    """Leave the batch dimension symbolic (TensorRT then needs an optimization profile); else batch 1."""
     simplify: bool = True
     """Run onnxslim (constant folding, fusion of redundant nodes)."""
     exporter: Literal["dynamo", "torchscript"] = "dynamo"
     """torch.onnx exporter: the torch.export based one, or the legacy TorchScript tracer."""
     atol: float = 1e-4
-    """Largest allowed |ONNX - PyTorch| over all logits of the parity images."""
+    """Absolute tolerance: every logit must satisfy |ONNX - PyTorch| <= atol + rtol * max|PyTorch logit of that image|."""
+    rtol: float = 2e-4
+    """Relative tolerance: FP32 kernels of two runtimes differ by up to ~1e-4 of the logit scale on a
+    fully fine-tuned deep net (summation order), which is not an export error."""
     parity_images: int | None = None
     """How many val images to check (None: all of them)."""
     data: str | None = None
@@ -47,8 +50,8 @@ class ExportConfig:
             raise ConfigError(f"opset must be between 13 and 23, got {self.opset}")
         if self.exporter not in ("dynamo", "torchscript"):
             raise ConfigError(f"exporter must be dynamo or torchscript, not {self.exporter!r}")
-        if self.atol <= 0:
-            raise ConfigError("atol must be positive")
+        if self.atol <= 0 or self.rtol < 0:
+            raise ConfigError("atol must be positive and rtol non-negative")
 
 
 @dataclass
@@ -79,7 +82,8 @@ def export_onnx(run_dir: str | Path, config: ExportConfig | None = None) -> Expo
             export_s = time.perf_counter() - start
             if config.simplify:
                 simplify_onnx(tmp)
-            metrics = check_parity(model, tmp, images, config.atol)
+            metrics = check_parity(model, tmp, images, config.atol, config.rtol,
+                                   batch_size=16 if config.dynamic_batch else 1)
             metrics.update(export_s=round(export_s, 2), parity_labels_top1=float(
                 (metrics.pop("_onnx_logits").argmax(1) == labels).mean()))
     except BaseException as exc:
@@ -101,7 +105,7 @@ def torch_to_onnx(model: Any, path: Path, input_size: int, config: ExportConfig)
     import torch
 
     model.eval()
-    example = torch.randn(2, 3, input_size, input_size)
+    example = torch.randn(2 if config.dynamic_batch else 1, 3, input_size, input_size)
     with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
         warnings.simplefilter("ignore")
         if config.exporter == "dynamo":
@@ -123,9 +127,13 @@ def simplify_onnx(path: Path) -> None:
     onnx.save(model, str(path))
 
 
-def check_parity(model: Any, onnx_path: Path, images: np.ndarray, atol: float, batch_size: int = 16
-                 ) -> dict[str, Any]:
-    """Compare ONNX Runtime with PyTorch on ``images``; raise :class:`ParityError` beyond ``atol``."""
+def check_parity(model: Any, onnx_path: Path, images: np.ndarray, atol: float, rtol: float = 0.0,
+                 batch_size: int = 16) -> dict[str, Any]:
+    """Compare ONNX Runtime with PyTorch on ``images``; raise :class:`ParityError` beyond tolerance.
+
+    Top-1 must agree on every image except numerical ties: images whose two best PyTorch logits are
+    closer than twice the largest observed difference (either answer is then equally right).
+    """
     from .backends.onnxruntime import OnnxRuntimeRunner
     from .backends.torch_eager import TorchRunner
 
@@ -138,12 +146,17 @@ def check_parity(model: Any, onnx_path: Path, images: np.ndarray, atol: float, b
             out.append(candidate.infer(batch))
     ref_logits, onnx_logits = np.concatenate(ref), np.concatenate(out)
     diff = np.abs(ref_logits - onnx_logits)
-    agreement = float(np.mean(ref_logits.argmax(1) == onnx_logits.argmax(1)))
+    excess = diff - (atol + rtol * np.abs(ref_logits).max(axis=1, keepdims=True))
+    flips = ref_logits.argmax(1) != onnx_logits.argmax(1)
+    top2 = np.sort(ref_logits, axis=1)[:, -2:]
+    ties = (top2[:, 1] - top2[:, 0]) <= 2 * diff.max(axis=1)
     metrics = {"parity_images": int(len(images)), "max_abs_diff": float(diff.max()),
-               "mean_abs_diff": float(diff.mean()), "top1_agreement": agreement, "atol": atol,
-               "_onnx_logits": onnx_logits}
-    if metrics["max_abs_diff"] > atol or agreement < 1.0:
+               "mean_abs_diff": float(diff.mean()), "max_ref_logit": float(np.abs(ref_logits).max()),
+               "top1_agreement": float(1 - flips.mean()), "tie_flips": int((flips & ties).sum()),
+               "atol": atol, "rtol": rtol, "_onnx_logits": onnx_logits}
+    decisive = int((flips & ~ties).sum())
+    if excess.max() > 0 or decisive:
         raise ParityError(f"ONNX output differs from PyTorch: max abs diff {metrics['max_abs_diff']:.3e} "
-                          f"(allowed {atol:.0e}), top-1 agreement {100 * agreement:.2f}% over {len(images)} images; "
-                          "try --exporter torchscript or a different --opset")
+                          f"(allowed {atol:.0e} + {rtol:.0e} x the image's largest |logit|), {decisive} top-1 disagreement(s) over "
+                          f"{len(images)} images; try --exporter torchscript or another --opset")
     return metrics

@@ -1,0 +1,1 @@
+"""Device profiles as data (``*.yaml``), shipped as ``edgetl.targets``; read by :mod:`edgetl.profiles`."""

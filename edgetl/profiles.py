@@ -1,0 +1,94 @@
+"""Target profiles: the devices ``edgetl export --target`` can build for, read from ``targets/*.yaml``.
+
+Adding a device is adding a YAML file (shipped as package data ``edgetl.targets``), not code.
+The loader lives here rather than in ``edgetl/targets.py`` because that import name belongs to the
+data package.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from .errors import TargetError, did_you_mean
+
+PRECISIONS = ("fp32", "fp16", "int8")
+
+
+@dataclass(frozen=True)
+class TargetProfile:
+    """One device a run can be compiled for."""
+
+    name: str
+    """Target name used on the command line, e.g. ``intel-cpu``."""
+    description: str
+    """One line for humans."""
+    runtime: str
+    """Runner registry name (``openvino``, ``tensorrt``) that builds and runs the artifact."""
+    device: str
+    """Device string the runtime is given (OpenVINO: ``CPU``)."""
+    precisions: tuple[str, ...]
+    """Precisions this target can serve."""
+    default_precision: str
+    """Precision used when ``--precision`` is not given."""
+    runner_options: dict[str, Any] = field(default_factory=dict)
+    """Options for the runner that evaluates and times the artifact."""
+    quantization: dict[str, Any] = field(default_factory=dict)
+    """Backend-specific INT8 settings (e.g. NNCF preset)."""
+
+    def __post_init__(self) -> None:
+        unknown = [p for p in self.precisions if p not in PRECISIONS]
+        if unknown or not self.precisions:
+            raise TargetError(f"target {self.name}: precisions must be some of {PRECISIONS}, got {list(self.precisions)}")
+        if self.default_precision not in self.precisions:
+            raise TargetError(f"target {self.name}: default precision {self.default_precision!r} "
+                              f"is not one of its precisions {list(self.precisions)}")
+
+    def check_precision(self, precision: str | None) -> str:
+        """``precision`` (or the default) if this target serves it, else a :class:`TargetError`."""
+        precision = precision or self.default_precision
+        if precision not in self.precisions:
+            raise TargetError(f"target {self.name} does not serve precision {precision!r}; "
+                              f"choose one of: {', '.join(self.precisions)}")
+        return precision
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], source: str = "") -> TargetProfile:
+        required = ("name", "runtime", "device", "precisions")
+        missing = [k for k in required if k not in data]
+        if missing:
+            raise TargetError(f"target profile {source or data.get('name')} lacks {', '.join(missing)}")
+        unknown = sorted(set(data) - set(cls.__dataclass_fields__))
+        if unknown:
+            raise TargetError(f"target profile {source or data['name']} has unknown keys {unknown}")
+        precisions = tuple(data["precisions"])
+        return cls(name=data["name"], description=data.get("description", ""), runtime=data["runtime"],
+                   device=data["device"], precisions=precisions,
+                   default_precision=data.get("default_precision", precisions[0]),
+                   runner_options=dict(data.get("runner_options") or {}),
+                   quantization=dict(data.get("quantization") or {}))
+
+
+def _profile_files() -> dict[str, Any]:
+    from importlib.resources import files
+
+    return {entry.name[:-5]: entry for entry in files("edgetl.targets").iterdir() if entry.name.endswith(".yaml")}
+
+
+def list_targets() -> list[str]:
+    return sorted(_profile_files())
+
+
+def load_target(name: str) -> TargetProfile:
+    """The profile ``targets/NAME.yaml``; unknown names list the known ones."""
+    import yaml
+
+    entries = _profile_files()
+    if name not in entries:
+        known = sorted(entries)
+        raise TargetError(f"unknown target {name!r}.{did_you_mean(name, known)} Known targets: {', '.join(known)}")
+    data = yaml.safe_load(entries[name].read_text(encoding="utf-8")) or {}
+    profile = TargetProfile.from_dict(data, source=f"{name}.yaml")
+    if profile.name != name:
+        raise TargetError(f"{name}.yaml declares name {profile.name!r}; the file name and the name must agree")
+    return profile

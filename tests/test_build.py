@@ -1,0 +1,132 @@
+"""build_target and `edgetl export --target`: OpenVINO IR for intel-cpu, end to end on the tiny run."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+from conftest import make_image_folder
+
+from edgetl.build import BUDGET_MISSED, TargetBuildConfig, build_target
+from edgetl.errors import AccuracyBudgetError, ConfigError, MissingBackendError, RunFolderError, TargetError
+from edgetl.manifest import Manifest
+
+pytestmark = pytest.mark.openvino
+FAST = {"latency_runs": 5, "sensitivity_images": 4}
+
+
+@pytest.fixture
+def run(tiny_run, tmp_path) -> Path:
+    """A private copy of the tiny run (builds write into it)."""
+    return Path(shutil.copytree(tiny_run, tmp_path / "run"))
+
+
+def _stage(run: Path, name: str) -> dict:
+    return json.loads((run / "edgetl.json").read_text())["stages"][name]
+
+
+def test_int8_build_writes_ir_and_records_it(run):
+    result = build_target(run, TargetBuildConfig(precision="int8", calib_size=9, **FAST))
+    folder = run / "intel-cpu" / "int8"
+    assert result.path == folder / "model.xml" and result.stage == "intel-cpu:int8"
+    assert {p.name for p in folder.iterdir()} == {"model.xml", "model.bin", "sensitivity.json", "build.json"}
+    stage = _stage(run, "intel-cpu:int8")
+    assert stage["status"] == "complete"
+    ir = stage["artifacts"]["intel-cpu/int8/model.xml"]
+    assert (ir["runtime"], ir["precision"], ir["format"]) == ("openvino", "int8", "openvino-ir")
+    assert len(ir["sha256"]) == 64 and "intel-cpu/int8/model.bin" in stage["artifacts"]
+    m = stage["metrics"]
+    assert m["executed_precision"].startswith("int8") and m["calib_images"] == 9
+    assert m["drop_points"] == pytest.approx(100 * (m["float_top1"] - m["top1"]), abs=1e-3)
+    assert m["latency_p50_ms"] > 0 and m["val_images"] > 0
+    sensitivity = json.loads((folder / "sensitivity.json").read_text())
+    assert sensitivity["images"] == 4 and sensitivity["layers"]
+    assert Manifest.load(run).verify() == []
+    assert not list((run / "intel-cpu").glob(".*"))  # no staging leftovers
+
+
+def test_fp32_is_true_fp32_and_fp16_has_fp16_weights(run):
+    fp32 = build_target(run, TargetBuildConfig(precision="fp32", **FAST))
+    assert fp32.metrics["executed_precision"] == "fp32"
+    assert _stage(run, "intel-cpu:fp32")["artifacts"]["intel-cpu/fp32/model.xml"]["runner_options"][
+        "precision_hint"] == "f32"
+    fp16 = build_target(run, TargetBuildConfig(precision="fp16", **FAST))
+    meta = json.loads((run / "intel-cpu" / "fp16" / "build.json").read_text())
+    assert meta["runner"]["extra"]["model_precision"] == "fp16"
+    assert fp16.metrics["drop_points"] == pytest.approx(fp32.metrics["drop_points"], abs=34)  # both ran for real
+    assert (run / "intel-cpu" / "fp16" / "model.bin").stat().st_size < \
+        0.6 * (run / "intel-cpu" / "fp32" / "model.bin").stat().st_size
+
+
+def test_budget_missed_keeps_best_model_and_raises(run, monkeypatch):
+    """The float reference is pinned at 100% so the tiny model's real INT8 top-1 cannot meet 1 point;
+    PTQ, accuracy control, saving and recording all run for real."""
+    import edgetl.build as build
+
+    monkeypatch.setattr(build, "_torch_top1", lambda *a, **k: 1.0)
+    with pytest.raises(AccuracyBudgetError, match=r"exceeds --max-drop 1.0.*kept in .*budget-missed"):
+        build_target(run, TargetBuildConfig(precision="int8", max_drop=1.0, calib_size=9, max_reverted_layers=1,
+                                            **FAST))
+    stage = _stage(run, "intel-cpu:int8")
+    assert stage["status"] == BUDGET_MISSED
+    assert "accuracy_control" in stage["metrics"] and stage["metrics"]["drop_points"] > 1.0
+    assert (run / "intel-cpu" / "int8" / "model.xml").is_file()
+    assert stage["artifacts"]["intel-cpu/int8/model.xml"]["runtime"] == "openvino"
+
+
+def test_bad_runs_and_targets(tmp_path, run):
+    with pytest.raises(RunFolderError, match="has no edgetl.json"):
+        build_target(tmp_path, TargetBuildConfig(precision="fp32"))
+    with pytest.raises(TargetError, match="unknown target 'jetson-nano'"):
+        build_target(run, TargetBuildConfig(target="jetson-nano"))
+    with pytest.raises(TargetError, match="does not serve precision 'int4'"):
+        build_target(run, TargetBuildConfig(precision="int4"))
+    with pytest.raises(ConfigError, match="calib_size"):
+        TargetBuildConfig(calib_size=0)
+    (run / "checkpoint.pt").unlink()
+    with pytest.raises(RunFolderError, match="checkpoint.pt"):
+        build_target(run, TargetBuildConfig(precision="fp32", **FAST))
+
+
+def test_calibration_of_other_classes_fails_before_any_work(run, tmp_path):
+    folder = make_image_folder(tmp_path / "calib", classes=("cats", "dogs", "horses"), per_class=2)
+    with pytest.raises(Exception, match="calibration data:.*extra \\['horses'\\]"):
+        build_target(run, TargetBuildConfig(precision="int8", calib_data=str(folder), **FAST))
+    assert "intel-cpu:int8" not in Manifest.load(run).stages
+
+
+def test_missing_openvino_is_one_clear_error(run, monkeypatch):
+    monkeypatch.setitem(sys.modules, "openvino", None)
+    with pytest.raises(MissingBackendError, match=r"openvino is required .*pip install 'edgetl\[openvino\]'"):
+        build_target(run, TargetBuildConfig(precision="fp32"))
+
+
+def test_cli_export_target(run):
+    from edgetl.cli import cli
+
+    result = CliRunner().invoke(cli, ["export", str(run), "--target", "intel-cpu", "--precision", "fp16"])
+    assert result.exit_code == 0, result.output
+    assert "intel-cpu/fp16/model.xml: top-1" in result.output and "drop" in result.output
+    bad = CliRunner().invoke(cli, ["export", str(run), "--target", "intel-gpu"])
+    assert bad.exit_code == 1 and "unknown target 'intel-gpu'" in bad.output
+    assert "--max-drop" in CliRunner().invoke(cli, ["export", "--help"]).output
+
+
+@pytest.mark.slow
+def test_lite0_bad_calibration_misses_budget_for_real(lite0_run, tmp_path):
+    """Flat grey calibration images give INT8 ranges that do not fit real photos: the budget is missed."""
+    from PIL import Image
+
+    classes = Manifest.load(lite0_run).classes
+    for name in classes:
+        (tmp_path / "grey" / name).mkdir(parents=True)
+        for i in range(3):
+            Image.new("RGB", (64, 64), (128, 128, 128)).save(tmp_path / "grey" / name / f"{i}.png")
+    with pytest.raises(AccuracyBudgetError, match="budget-missed"):
+        build_target(lite0_run, TargetBuildConfig(precision="int8", calib_data=str(tmp_path / "grey"), max_drop=0.5,
+                                                  max_reverted_layers=1, **FAST))
+    assert _stage(lite0_run, "intel-cpu:int8")["status"] == BUDGET_MISSED

@@ -1,0 +1,149 @@
+"""Fine-tuning: strategies, checkpoints, resume, interrupted runs, and the manifest they leave."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from edgetl.errors import ConfigError, DatasetError, ModelError, RunFolderError
+from edgetl.finetune import FinetuneConfig, _Trainer, finetune, layer_groups, resume
+from edgetl.manifest import Manifest
+
+from conftest import make_image_folder
+
+
+def config(data: Path, out: Path, **overrides) -> FinetuneConfig:
+    base = dict(data=str(data), output=str(out), model="mobilenet_v3_small", pretrained=False, image_size=32,
+                epochs=2, batch_size=8, workers=0, patience=None)
+    base.update(overrides)
+    return FinetuneConfig(**base)
+
+
+@pytest.mark.parametrize("strategy", ["linear-probe", "full", "gradual"])
+def test_strategies_train_and_record(split_folder: Path, tmp_path: Path, strategy: str):
+    result = finetune(config(split_folder, tmp_path / "run", strategy=strategy), progress=False)
+    run = result.run_dir
+    manifest = Manifest.load(run)
+    stage = manifest.require("finetune", "")
+    assert stage["metrics"]["epochs_run"] == 2 and len(result.history) == 2
+    assert manifest.classes == ["cats", "dogs"]
+    assert manifest.data["preprocessing"]["input_size"] == 32
+    assert set(stage["artifacts"]) == {"checkpoint.pt", "metrics.json", "confusion_matrix.png"}
+    assert manifest.verify() == []
+    assert (run / "confusion_matrix.png").read_bytes()[:4] == b"\x89PNG"
+    assert 0.0 <= result.metrics["top1"] <= 1.0 and set(result.metrics["per_class"]) == {"cats", "dogs"}
+    checkpoint = torch.load(run / "checkpoint.pt", weights_only=True)
+    assert checkpoint["model_name"] == "torchvision:mobilenet_v3_small"
+
+
+def test_linear_probe_freezes_backbone(split_folder: Path, tmp_path: Path):
+    cfg = config(split_folder, tmp_path / "run", strategy="linear-probe", cache_features=False, epochs=1)
+    finetune(cfg, progress=False)
+    before = build_initial(cfg)
+    after = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=True)["state_dict"]
+    assert torch.equal(before["features.0.0.weight"], after["features.0.0.weight"])
+    assert not torch.equal(before["classifier.3.weight"], after["classifier.3.weight"])
+
+
+def build_initial(cfg: FinetuneConfig) -> dict:
+    from edgetl.models import build_model
+
+    torch.manual_seed(cfg.seed)
+    return build_model(cfg.model, 2, pretrained=False, image_size=32).model.state_dict()
+
+
+def test_gradual_unfreezes_from_the_top(split_folder: Path, tmp_path: Path):
+    cfg = config(split_folder, tmp_path / "run", strategy="gradual", epochs=4)
+    result = finetune(cfg, progress=False)
+    unfrozen = [h["unfrozen_groups"] for h in result.history]
+    assert unfrozen[0] == 0 and unfrozen == sorted(unfrozen) and unfrozen[-1] > unfrozen[1] > 0
+
+
+def test_layer_groups_exclude_head():
+    from edgetl.models import build_model
+
+    bundle = build_model("mobilenet_v3_small", 2, pretrained=False)
+    head = {id(p) for p in bundle.model.get_submodule("classifier.3").parameters()}
+    groups = layer_groups(bundle.model, bundle.head)
+    assert len(groups) > 5 and not head & {id(p) for g in groups for p in g}
+
+
+def test_pretrained_probe_learns_colour_classes(tmp_path: Path):
+    data = make_image_folder(tmp_path / "data", per_class=16)
+    cfg = config(data, tmp_path / "run", model="efficientnet_lite0", pretrained=True, strategy="linear-probe",
+                 epochs=10, val_fraction=0.25)
+    result = finetune(cfg, progress=False)
+    assert result.metrics["top1"] >= 0.9
+
+
+def test_resume_continues_interrupted_run(split_folder: Path, tmp_path: Path, monkeypatch):
+    cfg = config(split_folder, tmp_path / "run", epochs=3)
+    original = _Trainer._train_epoch
+    calls = {"n": 0}
+
+    def dies_in_second_epoch(self, progress, task):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise KeyboardInterrupt
+        return original(self, progress, task)
+
+    monkeypatch.setattr(_Trainer, "_train_epoch", dies_in_second_epoch)
+    with pytest.raises(KeyboardInterrupt):
+        finetune(cfg, progress=False)
+    manifest = Manifest.load(tmp_path / "run")
+    assert manifest.stage("finetune")["status"] == "interrupted"  # never claims success
+    assert not manifest.completed("finetune")
+    monkeypatch.setattr(_Trainer, "_train_epoch", original)
+    result = resume(tmp_path / "run", progress=False)
+    assert [h["epoch"] for h in result.history] == [1, 2, 3]
+    assert Manifest.load(tmp_path / "run").completed("finetune")
+
+
+def test_resume_of_finished_run_needs_more_epochs(split_folder: Path, tmp_path: Path):
+    finetune(config(split_folder, tmp_path / "run", epochs=1), progress=False)
+    with pytest.raises(RunFolderError, match="already finished"):
+        resume(tmp_path / "run", progress=False)
+    result = resume(tmp_path / "run", epochs=2, progress=False)
+    assert result.metrics["epochs_run"] == 2
+
+
+def test_failure_before_first_epoch_leaves_no_run_folder(split_folder: Path, tmp_path: Path, monkeypatch):
+    def boom(self, progress, task):
+        raise RuntimeError("out of memory")
+
+    monkeypatch.setattr(_Trainer, "_train_epoch", boom)
+    with pytest.raises(RuntimeError):
+        finetune(config(split_folder, tmp_path / "run"), progress=False)
+    assert not (tmp_path / "run").exists()
+
+
+def test_bad_inputs_leave_nothing_behind(tmp_path: Path, split_folder: Path):
+    with pytest.raises(DatasetError):
+        finetune(config(tmp_path / "missing", tmp_path / "run1"), progress=False)
+    with pytest.raises(ModelError, match="Did you mean"):
+        finetune(config(split_folder, tmp_path / "run2", model="mobilenet_v3_smal"), progress=False)
+    assert not (tmp_path / "run1").exists() and not (tmp_path / "run2").exists()
+
+
+def test_existing_run_folder_is_not_clobbered(split_folder: Path, tmp_path: Path):
+    finetune(config(split_folder, tmp_path / "run", epochs=1), progress=False)
+    with pytest.raises(RunFolderError, match="already exists"):
+        finetune(config(split_folder, tmp_path / "run", epochs=1), progress=False)
+    finetune(config(split_folder, tmp_path / "run", epochs=1), overwrite=True, progress=False)
+
+
+def test_config_validation():
+    with pytest.raises(ConfigError):
+        FinetuneConfig(data="x", strategy="sideways")
+    with pytest.raises(ConfigError):
+        FinetuneConfig(data="x", epochs=0)
+    assert FinetuneConfig(data="/d/flowers", model="resnet50").output == str(Path("runs/flowers-resnet50"))
+
+
+def test_metrics_json_has_history(split_folder: Path, tmp_path: Path):
+    finetune(config(split_folder, tmp_path / "run"), progress=False)
+    data = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert len(data["history"]) == 2 and "confusion_matrix" in data["final"]
