@@ -10,9 +10,9 @@ files whose runtime follows from the extension), and for each one measures:
   median. On a shared machine other processes only ever *add* time, so the least-disturbed round is
   the best estimate of an artifact's own cost, and interleaving spreads a noisy period over every
   artifact instead of penalising whichever ran during it. Comparisons (``--compare``) use it;
-* peak memory in a fresh subprocess per artifact (``ru_maxrss``; in one process the high-water
-  mark would belong to whichever artifact peaked first), reported as the process peak and as the
-  delta over the runtime library's own import;
+* peak memory in a fresh subprocess per artifact (peak RSS, ``VmHWM``; in one process the
+  high-water mark would belong to whichever artifact peaked first), reported as the process peak
+  and as the delta over the runtime library's own import;
 * accuracy on a labelled folder (top-1/top-5/per-class) and, against the float reference (PyTorch
   eager FP32), the top-1 drop in points with a paired bootstrap 95% interval and an exact McNemar
   test on the discordant images, top-1 agreement and max/mean |logit difference|.
@@ -57,6 +57,8 @@ EXTENSION_RUNTIMES = {".pt": "torch", ".pth": "torch", ".onnx": "onnxruntime", "
                       ".engine": "tensorrt", ".plan": "tensorrt"}
 RUNTIME_TITLES = {"torch": "PyTorch eager", "onnxruntime": "ONNX Runtime", "openvino": "OpenVINO",
                   "tensorrt": "TensorRT"}
+MEMORY_METHOD = ("fresh subprocess per artifact: peak RSS (VmHWM) while loading and running 3 batches of the "
+                 "largest size; delta = peak minus RSS after importing the runtime library")
 # library imported before timing load(), so load_s is the model's cost, not the library's import
 RUNTIME_MODULES = {"torch": "torch", "onnxruntime": "onnxruntime", "openvino": "openvino", "tensorrt": "tensorrt"}
 
@@ -363,27 +365,47 @@ def _memory_probe(target: BenchTarget, input_shape: tuple[int, ...], runs: int =
     try:
         proc = subprocess.run([sys.executable, "-c", code, request], capture_output=True, text=True, timeout=600)
     except subprocess.TimeoutExpired:
-        return {"method": "subprocess ru_maxrss", "error": "memory probe timed out after 600 s"}
+        return {"method": MEMORY_METHOD, "error": "memory probe timed out after 600 s"}
     lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
     if proc.returncode != 0 or not lines:
         tail = (proc.stderr.strip().splitlines() or ["no output"])[-1]
-        return {"method": "subprocess ru_maxrss", "error": f"memory probe failed: {tail[:300]}"}
-    return {"method": "subprocess ru_maxrss", **json.loads(lines[-1])}
+        return {"method": MEMORY_METHOD, "error": f"memory probe failed: {tail[:300]}"}
+    return {"method": MEMORY_METHOD, **json.loads(lines[-1])}
+
+
+def _proc_status_kb(field_name: str) -> int | None:
+    try:
+        with open("/proc/self/status", encoding="ascii") as fh:
+            for line in fh:
+                if line.startswith(field_name + ":"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return None
 
 
 def _probe_main(request_json: str) -> None:
-    """Body of the memory-probe subprocess (prints one JSON line)."""
+    """Body of the memory-probe subprocess (prints one JSON line).
+
+    Linux keeps ``ru_maxrss`` across ``execve``, so a child started by a big parent inherits the
+    parent's peak; the probe reads ``VmHWM`` (per address space) instead and resets it after the
+    runtime import (``/proc/self/clear_refs``), so the peak delta is the artifact's own.
+    """
     import resource
 
     from .backends import create_runner
 
     request = json.loads(request_json)
-    scale = 1024 if sys.platform != "darwin" else 1  # ru_maxrss: KiB on Linux, bytes on macOS
     try:
         importlib.import_module(RUNTIME_MODULES[request["runtime"]])
     except ImportError:
         pass
-    baseline = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale
+    try:
+        with open("/proc/self/clear_refs", "w", encoding="ascii") as fh:
+            fh.write("5")  # reset the peak-RSS counter to the current RSS
+    except OSError:
+        pass
+    baseline_kb = _proc_status_kb("VmRSS")
     runner = create_runner(request["runtime"], request["artifact"], **request["options"])
     start = time.perf_counter()
     runner.load()
@@ -391,10 +413,13 @@ def _probe_main(request_json: str) -> None:
     batch = np.random.default_rng(0).standard_normal(request["shape"]).astype(np.float32)
     for _ in range(request["runs"]):
         runner.infer(batch)
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale
-    print(json.dumps({"batch": request["shape"][0], "peak_rss_mb": round(peak / 2**20, 1),
-                      "runtime_import_rss_mb": round(baseline / 2**20, 1),
-                      "model_peak_delta_mb": round((peak - baseline) / 2**20, 1), "cold_load_s": round(load_s, 3)}))
+    peak_kb = _proc_status_kb("VmHWM")
+    if peak_kb is None or baseline_kb is None:  # not Linux: ru_maxrss (KiB on Linux, bytes on macOS)
+        scale = 1 / 1024 if sys.platform == "darwin" else 1
+        peak_kb, baseline_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale, baseline_kb or 0
+    print(json.dumps({"batch": request["shape"][0], "peak_rss_mb": round(peak_kb / 1024, 1),
+                      "runtime_import_rss_mb": round(baseline_kb / 1024, 1),
+                      "model_peak_delta_mb": round((peak_kb - baseline_kb) / 1024, 1), "cold_load_s": round(load_s, 3)}))
 
 
 def _load_eval_data(manifest: Manifest, config: BenchConfig) -> tuple[np.ndarray, np.ndarray, str]:
@@ -455,7 +480,7 @@ def _label(target: BenchTarget, executed: str | None) -> str:
     if executed and executed.lower() != (target.precision or "").lower():
         label += f" (ran {executed})"
     if target.variant == "f32-hint":
-        label += " [f32 hint]"
+        label += " (f32 hint)"
     return label
 
 
@@ -628,8 +653,7 @@ def _measure(targets, manifest, images, labels, data_source, config, progress, c
             "config": {k: v for k, v in asdict(config).items() if k not in ("compare", "fail_on_regression")},
             "method": {"latency": "interleaved rounds, artifact order rotated each round; stats pool all timed runs; "
                                   "p50_stable_ms = lowest per-round median (used for comparisons)",
-                       "memory": "fresh subprocess per artifact: peak ru_maxrss, and its delta over the runtime "
-                                 "library import", "accuracy_ci": "paired bootstrap over images (95%), exact McNemar"},
+                       "memory": MEMORY_METHOD, "accuracy_ci": "paired bootstrap over images (95%), exact McNemar"},
             "data": {"source": data_source, "images": int(len(images)), "input_shape": list(images.shape[1:])},
             "reference": results[reference]["label"] if reference is not None else None,
             "results": results, "notes": notes, "comparison": None}
@@ -787,6 +811,7 @@ COLUMNS = [("artifact", "artifact"), ("ran", "ran as"), ("batch", "batch"), ("p5
 def render_table(report: dict[str, Any]):
     """The report as a rich Table (the CLI prints it)."""
     from rich.table import Table
+    from rich.text import Text
 
     cpu = report["device"]["cpu"]
     table = Table(title=f"edgetl bench — {report['data']['images']} images, {cpu.get('model')}, "
@@ -796,12 +821,13 @@ def render_table(report: dict[str, Any]):
                          no_wrap=key != "artifact")
     for row in _rows(report):
         style = "dim" if row["p50"] in ("skipped", "failed") else None
-        table.add_row(*(row[k] for k, _ in COLUMNS), style=style)
+        table.add_row(*(Text(row[k]) for k, _ in COLUMNS), style=style)
     return table
 
 
 def render_comparison(comparison: dict[str, Any]):
     from rich.table import Table
+    from rich.text import Text
 
     table = Table(title=f"vs {comparison.get('old_created')} (p50_stable_ms; + is slower)", title_justify="left")
     for title in ("artifact", "batch", "old ms", "new ms", "change", "top-1 Δ pts"):
@@ -809,7 +835,7 @@ def render_comparison(comparison: dict[str, Any]):
     for row in comparison["rows"]:
         colour = "red" if row["regression"] else ("green" if row["change_pct"] < 0 else None)
         change = f"[{colour}]{row['change_pct']:+.1f}%[/{colour}]" if colour else f"{row['change_pct']:+.1f}%"
-        table.add_row(row["label"], str(row["batch"]), f"{row['old_ms']:.3f}", f"{row['new_ms']:.3f}", change,
+        table.add_row(Text(row["label"]), str(row["batch"]), f"{row['old_ms']:.3f}", f"{row['new_ms']:.3f}", change,
                       _fmt(row.get("top1_change_pts"), "+.2f"))
     return table
 
@@ -887,42 +913,64 @@ def plot_accuracy_latency(report: dict[str, Any], path: Path) -> Path | None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    from matplotlib.text import Text
+    from matplotlib.ticker import FuncFormatter
+
     colours = {"torch": "#ee4c2c", "onnxruntime": "#4b6cb7", "openvino": "#6a1b9a", "tensorrt": "#76b900"}
+    markers = {"fp32": "o", "bf16": "s", "fp16": "s", "int8": "D"}
     batch = min(s["batch"] for r in points for s in r["latency"])
-    fig, ax = plt.subplots(figsize=(9, 5.4))
-    xs, ys = [], []
+    fig, ax = plt.subplots(figsize=(10, 5.6))
+    placed = []
     for res in points:
         stat = next((s for s in res["latency"] if s["batch"] == batch), None)
         if stat is None:
             continue
-        x, y = stat["p50_stable_ms"], 100 * res["accuracy"]["top1"]
-        xs.append(x)
-        ys.append(y)
-        colour = colours.get(res["runtime"], "#555")
-        # whisker: pooled p50 .. p90 of all timed runs (how much the latency spreads)
-        ax.errorbar([x], [y], xerr=[[max(0.0, x - min(x, stat["p50_ms"]))], [max(0.0, stat["p90_ms"] - x)]],
-                    fmt="o", ms=10, color=colour, ecolor=colour, elinewidth=1.5, capsize=4, alpha=0.9, zorder=3)
-        vs = res.get("vs_reference") or {}
-        sub = "reference" if vs.get("is_reference") else (
-            f"drop {vs['top1_drop_pts']:+.1f} pts" + (" (noise)" if vs.get("within_noise") else "") if vs else "")
-        ax.annotate(f"{res['label']}\n{x:.2f} ms · {sub}", (x, y), textcoords="offset points", xytext=(8, 6),
-                    fontsize=9, color="#222")
-    if report.get("reference"):
-        ref = next(r for r in points if (r.get("vs_reference") or {}).get("is_reference"))
-        ax.axhline(100 * ref["accuracy"]["top1"], color="#888", ls="--", lw=1, zorder=1)
+        placed.append((stat["p50_stable_ms"], 100 * res["accuracy"]["top1"], res))
+    xs, ys = [p[0] for p in placed], [p[1] for p in placed]
     if xs and max(xs) / max(min(xs), 1e-9) > 6:
         ax.set_xscale("log")
-    span = max(ys) - min(ys) if ys else 0
-    pad = max(1.0, span * 0.6)
+        ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+        ax.xaxis.set_minor_formatter(FuncFormatter(lambda v, _: f"{v:g}" if str(f"{v:g}")[0] in "25" else ""))
+    pad = max(1.0, (max(ys) - min(ys)) * 0.6)
     ax.set_ylim(max(0, min(ys) - pad), min(100.5, max(ys) + pad))
-    ax.set_xlim(0 if ax.get_xscale() == "linear" else min(xs) / 1.5, max(xs) * 1.45)
-    ax.set_xlabel(f"latency, batch {batch}: p50 ms (whisker to p90) — lower is better")
+    if ax.get_xscale() == "log":
+        ax.set_xlim(min(xs) / 1.6, max(xs) * 3.0)
+    else:
+        ax.set_xlim(0, max(xs) * 1.6)
+    fig.canvas.draw()
+    boxes = []
+    offsets = [(10, 10), (10, -30), (10, 30), (10, -50), (10, 50), (-150, 10), (-150, -30)]
+    for x, y, res in sorted(placed, key=lambda p: p[0]):
+        base = (res.get("precision_executed") or "").split("+")[0]
+        ax.scatter([x], [y], s=110, color=colours.get(res["runtime"], "#555"), marker=markers.get(base, "o"),
+                   edgecolor="white", linewidth=1.2, zorder=3)
+        vs = res.get("vs_reference") or {}
+        sub = "reference" if vs.get("is_reference") else (
+            f"drop {vs['top1_drop_pts']:+.2f} pts" + (" (within noise)" if vs.get("within_noise") else "")
+            if vs else "")
+        text = f"{res['label']}\n{x:.2f} ms · {sub}"
+        for dx, dy in offsets:  # first position whose box overlaps no earlier label
+            note = ax.annotate(text, (x, y), textcoords="offset points", xytext=(dx, dy), fontsize=9,
+                               color="#222", arrowprops=dict(arrowstyle="-", color="#aaa", lw=0.8))
+            renderer = fig.canvas.get_renderer()
+            note.update_positions(renderer)  # place the offset text now, not at the next draw
+            box = Text.get_window_extent(note, renderer).expanded(1.03, 1.1)  # text only, not the arrow
+            if not any(box.overlaps(other) for other in boxes):
+                break
+            note.remove()
+        else:
+            note = ax.annotate(text, (x, y), textcoords="offset points", xytext=offsets[0], fontsize=9)
+        boxes.append(Text.get_window_extent(note, fig.canvas.get_renderer()))
+    ref = next((r for _, _, r in placed if (r.get("vs_reference") or {}).get("is_reference")), None)
+    if ref:
+        ax.axhline(100 * ref["accuracy"]["top1"], color="#888", ls="--", lw=1, zorder=1)
+    ax.set_xlabel(f"latency at batch {batch}: p50 ms (lowest round median) — lower is better")
     ax.set_ylabel("top-1 accuracy (%)")
     cpu = report["device"]["cpu"]
     ax.set_title(f"{report['model'].get('name', 'model')}: accuracy vs latency\n"
-                 f"{report['data']['images']} images · {cpu.get('model')} · {cpu.get('usable_cores')} cores",
-                 fontsize=11)
-    ax.grid(True, alpha=0.3)
+                 f"{report['data']['images']} val images · {cpu.get('model')} · {cpu.get('usable_cores')} cores"
+                 " · dashed: float reference", fontsize=11)
+    ax.grid(True, which="both", alpha=0.25)
     for side in ("top", "right"):
         ax.spines[side].set_visible(False)
     fig.tight_layout()

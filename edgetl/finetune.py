@@ -471,6 +471,10 @@ class _Trainer:
                     else:
                         self.bad_epochs += 1
                     self._save_training_state()
+                    h = self.history[-1]
+                    log.info("epoch %d/%d  train loss %.3f  val loss %.3f  val top-1 %.2f%%%s  (%.0f s)", self.epoch,
+                             cfg.epochs, h["train_loss"], h["val_loss"], 100 * val_top1, " *" if improved else "",
+                             h["time_s"])
                     progress.update(epochs_task, advance=1,
                                     status=f"val top-1 {100 * val_top1:.1f}% (best {100 * self.best:.1f}%)")
                     if cfg.patience and self.bad_epochs >= cfg.patience:

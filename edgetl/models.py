@@ -33,6 +33,9 @@ ALIASES = {
 }
 
 
+INCEPTION_AUX_MIN_SIZE = 299
+
+
 @dataclass
 class ModelBundle:
     """A classifier ready for transfer learning."""
@@ -276,6 +279,12 @@ def build_model(name: str, num_classes: int, *, pretrained: bool = True, weights
         model, spec = _timm_model(model_name, want_download)
     heads = _find_heads(model, 1000) if source != "timm" or model.num_classes == 1000 else \
         _find_heads(model, model.num_classes)
+    if image_size and image_size < INCEPTION_AUX_MIN_SIZE and getattr(model, "AuxLogits", None) is not None:
+        # the auxiliary classifier's 5x5 conv needs the 17x17 grid that 299 px inputs give
+        log.warning("%s: no auxiliary classifier at %d px (it needs >= %d px)", model_name, image_size,
+                    INCEPTION_AUX_MIN_SIZE)
+        model.aux_logits, model.AuxLogits = False, None
+        heads = [h for h in heads if not h.startswith("AuxLogits.")]
     origin = "imagenet" if want_download else "random"
     if weights is not None:
         origin = load_weight_file(model, weights, heads)
@@ -315,6 +324,7 @@ def load_run_model(run_dir: str | Path) -> tuple[Any, dict[str, Any]]:
     if not path.is_file():
         raise RunFolderError(f"{run_dir} has no checkpoint.pt: run `edgetl finetune` first (or --resume it)")
     checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    bundle = build_model(checkpoint["model_name"], int(checkpoint["num_classes"]), pretrained=False)
+    bundle = build_model(checkpoint["model_name"], int(checkpoint["num_classes"]), pretrained=False,
+                         image_size=checkpoint.get("image_size"))
     bundle.model.load_state_dict(checkpoint["state_dict"])
     return bundle.model.eval(), checkpoint

@@ -152,7 +152,8 @@ def test_memory_probe_subprocess(run):
     (res,) = report.results
     mem = res["memory"]
     assert "error" not in mem, mem
-    assert mem["peak_rss_mb"] >= mem["runtime_import_rss_mb"] > 0 and mem["model_peak_delta_mb"] >= 0
+    # the delta is the artifact's own: positive, and far below the pytest process it was started from
+    assert mem["peak_rss_mb"] > mem["runtime_import_rss_mb"] > 0 and mem["model_peak_delta_mb"] > 0
     assert res["accuracy"] is None and res["vs_reference"] is None
 
 

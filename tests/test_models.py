@@ -44,12 +44,20 @@ def test_head_replaced_and_preprocessing_carried():
     assert bundle.preprocess.mean == pytest.approx((0.485, 0.456, 0.406))
 
 
-def test_inception_has_two_heads_and_no_aux_in_eval():
-    bundle = build_model("inception_v3", 2, pretrained=False, image_size=80)
-    assert bundle.head == ["fc", "AuxLogits.fc"]
+@pytest.mark.slow
+def test_inception_trains_with_aux_logits_and_exports_without():
+    bundle = build_model("inception_v3", 2, pretrained=False)
+    assert bundle.head == ["fc", "AuxLogits.fc"] and bundle.preprocess.input_size == 299
     assert bundle.preprocess.resize_size > bundle.preprocess.input_size
-    bundle.model.eval()
-    assert bundle.model(torch.randn(1, 3, 80, 80)).shape == (1, 2)
+    logits, aux = bundle.model.train()(torch.randn(2, 3, 299, 299))
+    assert logits.shape == aux.shape == (2, 2)
+    assert bundle.model.eval()(torch.randn(1, 3, 299, 299)).shape == (1, 2)
+
+
+def test_inception_small_input_drops_aux_head():
+    bundle = build_model("inception_v3", 2, pretrained=False, image_size=80)
+    assert bundle.head == ["fc"] and bundle.model.AuxLogits is None
+    assert bundle.model.train()(torch.randn(2, 3, 80, 80)).shape == (2, 2)
 
 
 def test_timm_model_head():

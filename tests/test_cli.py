@@ -1,0 +1,82 @@
+"""The command line: help texts, one-line errors, and the commands the README shows."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from edgetl.cli import cli
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.parametrize("command", [[], ["finetune"], ["export"], ["doctor"], ["demo"], ["models"], ["bench"]])
+def test_help(command):
+    result = CliRunner().invoke(cli, [*command, "--help"])
+    assert result.exit_code == 0, result.output
+    assert "Usage:" in result.output
+
+
+def test_version():
+    from edgetl import __version__
+
+    result = CliRunner().invoke(cli, ["--version"])
+    assert result.exit_code == 0 and __version__ in result.output
+
+
+def test_cli_start_does_not_import_heavy_backends():
+    code = "import sys, edgetl.cli; print(sorted(m for m in ('torch', 'onnxruntime', 'openvino', 'nncf') if m in sys.modules))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
+
+
+@pytest.mark.parametrize("args,message", [
+    (["finetune", "/no/such/folder"], "error: dataset path does not exist: /no/such/folder"),
+    (["export", "/no/such/run"], "error: run folder not found: /no/such/run"),
+    (["finetune", "{data}", "--model", "resnet5O", "--no-pretrained"], "error: unknown model 'resnet5O'. Did you mean:"),
+])
+def test_bad_input_gives_one_line_error(args, message, image_folder: Path):
+    args = [a.format(data=image_folder) for a in args]
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 1
+    lines = [line for line in result.output.strip().splitlines() if line.startswith("error:")]
+    assert len(lines) == 1 and lines[0].startswith(message), result.output
+    assert "Traceback" not in result.output
+
+
+def test_finetune_then_export_via_cli(split_folder: Path, tmp_path: Path):
+    run = tmp_path / "run"
+    result = CliRunner().invoke(cli, ["finetune", str(split_folder), "-m", "mobilenet_v3_small", "--no-pretrained",
+                                      "--image-size", "32", "--epochs", "1", "--workers", "0", "-o", str(run)])
+    assert result.exit_code == 0, result.output
+    assert re.search(r"val top-1 \d+\.\d+%", result.output)
+    result = CliRunner().invoke(cli, ["export", str(run)])
+    assert result.exit_code == 0, result.output
+    assert "top-1 agreement 100.0%" in result.output
+    assert json.loads((run / "edgetl.json").read_text())["stages"]["onnx"]["status"] == "complete"
+
+
+def test_doctor_json():
+    result = CliRunner().invoke(cli, ["doctor", "--json"])
+    report = json.loads(result.output)
+    assert report["runtimes"]["torch"]["installed"] and "isa" in report["cpu"]
+
+
+def test_models_lists_offline_backbone():
+    result = CliRunner().invoke(cli, ["models", "lite0"])
+    assert "efficientnet_lite0" in result.output
+
+
+def test_readme_commands_exist():
+    """The README's two set-up commands are what .ci/run runs."""
+    readme = (REPO / "README.md").read_text()
+    ci = (REPO / ".ci" / "run").read_text()
+    assert "edgetl demo" in readme and "pytest" in readme
+    test_command = re.search(r"^(python -m pytest.*)$", readme, re.M).group(1)
+    assert test_command in ci
