@@ -109,7 +109,7 @@ def main() -> None:
     out = args.output or HERE / "results" / f"bench-{platform.node() or 'host'}-{date}.json"
     write_json(out, result)
 
-    print(f"\nplain baselines (lowest round median, ms): " + ", ".join(
+    print("\nplain baselines (lowest round median, ms): " + ", ".join(
         f"{k} b{b} {v:.3f}" for k, d in plain.items() for b, v in d.items()))
     print(f"{'artifact':<34} {'batch':>5} {'p50 ms':>9} {'x plain torch':>14} {'x plain ORT':>12} {'top-1':>7}")
     for row in rows:

@@ -853,7 +853,7 @@ def render_markdown(report: dict[str, Any]) -> str:
              f"- method: {report['method']['latency']}", "",
              "p50 = lowest per-round median (ms per batch); drop = reference top-1 minus this top-1, in points, "
              "with a paired bootstrap 95% CI; `~` within noise (CI includes 0), `!` significant.", ""]
-    header = [title for _, title in COLUMNS]
+    header = [title.replace("|", "\\|") for _, title in COLUMNS]
     lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for row in _rows(report):
         lines.append("| " + " | ".join(row[k].replace("|", "\\|") for k, _ in COLUMNS) + " |")
