@@ -19,6 +19,7 @@ def setup_logging(verbose: bool = False) -> None:
                         handlers=[RichHandler(console=console, show_path=False, show_time=False)], force=True)
     for noisy in ("nncf", "matplotlib", "PIL", "onnxslim", "torch", "onnxscript", "onnx_ir", "onnxruntime"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)  # "No CUDA runtime" on CPU machines
 
 
 @contextlib.contextmanager

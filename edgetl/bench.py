@@ -48,6 +48,7 @@ from . import __version__
 from ._io import atomic_path, write_json, write_text
 from .errors import ConfigError, DatasetError, MissingBackendError, RegressionError, RunFolderError
 from .manifest import MANIFEST_NAME, Manifest
+from .metrics import classification_metrics
 
 log = logging.getLogger(__name__)
 
@@ -453,9 +454,6 @@ def _load_manifests(inputs: Sequence[str | Path]) -> tuple[Manifest, list[BenchT
         if not path.exists():
             raise ConfigError(f"artifact not found: {path}")
         runtime = runtime_for_path(path)
-        if runtime == "torch" and path.name != "checkpoint.pt":
-            raise ConfigError(f"{path}: the PyTorch runner benchmarks a run's checkpoint.pt (training-state files "
-                              "such as checkpoints/last.pt are not inference checkpoints)")
         run_dir = find_run_dir(path.parent)
         if run_dir is None:
             raise RunFolderError(f"{path} is not inside a run folder, so its classes and preprocessing are unknown: "
@@ -596,7 +594,7 @@ def _measure(targets, manifest, images, labels, data_source, config, progress, c
                 _guard(results[i], runners, i, lambda i=i: logits.__setitem__(
                     i, _infer_all(runners[i], images, config.accuracy_batch)))
                 if i in logits:
-                    results[i]["accuracy"] = classification_metrics_top(logits[i], labels, classes)
+                    results[i]["accuracy"] = classification_metrics(logits[i], labels, classes)
                 bar.advance(task)
         for batch in config.batch_sizes:
             x = np.ascontiguousarray(images[:batch])
@@ -669,12 +667,6 @@ def _guard(res: dict[str, Any], runners: dict[int, Any], i: int, func) -> None:
         log.debug("artifact %s failed", res["artifact"], exc_info=True)
         res.update(status="failed", reason=f"{type(exc).__name__}: {exc}"[:500])
         runners.pop(i).close()
-
-
-def classification_metrics_top(logits: np.ndarray, labels: np.ndarray, classes: list[str]) -> dict[str, Any]:
-    from .metrics import classification_metrics
-
-    return classification_metrics(logits, labels, classes)
 
 
 def _notes(results, reference, config, n_images) -> list[str]:
@@ -913,14 +905,13 @@ def plot_accuracy_latency(report: dict[str, Any], path: Path) -> Path | None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from matplotlib.text import Text
     from matplotlib.ticker import FuncFormatter
 
     colours = {"torch": "#ee4c2c", "onnxruntime": "#4b6cb7", "openvino": "#6a1b9a", "tensorrt": "#76b900"}
     markers = {"fp32": "o", "bf16": "s", "fp16": "s", "int8": "D"}
     batch = min(s["batch"] for r in points for s in r["latency"])
-    fig, ax = plt.subplots(figsize=(10, 5.6))
-    placed = []
+    fig, ax = plt.subplots(figsize=(10, 6.4))
+    placed: list[tuple[float, float, dict[str, Any]]] = []
     for res in points:
         stat = next((s for s in res["latency"] if s["batch"] == batch), None)
         if stat is None:
@@ -934,33 +925,22 @@ def plot_accuracy_latency(report: dict[str, Any], path: Path) -> Path | None:
     pad = max(1.0, (max(ys) - min(ys)) * 0.6)
     ax.set_ylim(max(0, min(ys) - pad), min(100.5, max(ys) + pad))
     if ax.get_xscale() == "log":
-        ax.set_xlim(min(xs) / 1.6, max(xs) * 3.0)
+        ax.set_xlim(min(xs) / 1.4, max(xs) * 1.4)
     else:
-        ax.set_xlim(0, max(xs) * 1.6)
-    fig.canvas.draw()
-    boxes = []
-    offsets = [(10, 10), (10, -30), (10, 30), (10, -50), (10, 50), (-150, 10), (-150, -30)]
-    for x, y, res in sorted(placed, key=lambda p: p[0]):
+        ax.set_xlim(0, max(xs) * 1.2)
+    # numbered points + a legend below the axes: labels never collide, even where points coincide
+    for number, (x, y, res) in enumerate(sorted(placed, key=lambda p: p[0]), start=1):
         base = (res.get("precision_executed") or "").split("+")[0]
-        ax.scatter([x], [y], s=110, color=colours.get(res["runtime"], "#555"), marker=markers.get(base, "o"),
-                   edgecolor="white", linewidth=1.2, zorder=3)
         vs = res.get("vs_reference") or {}
         sub = "reference" if vs.get("is_reference") else (
             f"drop {vs['top1_drop_pts']:+.2f} pts" + (" (within noise)" if vs.get("within_noise") else "")
             if vs else "")
-        text = f"{res['label']}\n{x:.2f} ms · {sub}"
-        for dx, dy in offsets:  # first position whose box overlaps no earlier label
-            note = ax.annotate(text, (x, y), textcoords="offset points", xytext=(dx, dy), fontsize=9,
-                               color="#222", arrowprops=dict(arrowstyle="-", color="#aaa", lw=0.8))
-            renderer = fig.canvas.get_renderer()
-            note.update_positions(renderer)  # place the offset text now, not at the next draw
-            box = Text.get_window_extent(note, renderer).expanded(1.03, 1.1)  # text only, not the arrow
-            if not any(box.overlaps(other) for other in boxes):
-                break
-            note.remove()
-        else:
-            note = ax.annotate(text, (x, y), textcoords="offset points", xytext=offsets[0], fontsize=9)
-        boxes.append(Text.get_window_extent(note, fig.canvas.get_renderer()))
+        ax.scatter([x], [y], s=110, color=colours.get(res["runtime"], "#555"), marker=markers.get(base, "o"),
+                   edgecolor="white", linewidth=1.2, zorder=3, alpha=0.85,
+                   label=f"{number}  {res['label']}: {x:.2f} ms, {100 * res['accuracy']['top1']:.2f}% · {sub}")
+        ax.annotate(str(number), (x, y), textcoords="offset points", xytext=(0, 9 + 9 * (number % 2)),
+                    ha="center", fontsize=9, fontweight="bold", color="#222")
+    ax.legend(loc="upper left", bbox_to_anchor=(0.0, -0.14), ncol=1, fontsize=9, frameon=False)
     ref = next((r for _, _, r in placed if (r.get("vs_reference") or {}).get("is_reference")), None)
     if ref:
         ax.axhline(100 * ref["accuracy"]["top1"], color="#888", ls="--", lw=1, zorder=1)
@@ -975,7 +955,7 @@ def plot_accuracy_latency(report: dict[str, Any], path: Path) -> Path | None:
         ax.spines[side].set_visible(False)
     fig.tight_layout()
     with atomic_path(path, suffix=".png") as tmp:
-        fig.savefig(tmp, dpi=150, format="png")
+        fig.savefig(tmp, dpi=150, format="png", bbox_inches="tight")
     plt.close(fig)
     return path
 

@@ -75,6 +75,8 @@ def cli(verbose: bool) -> None:
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--workers", type=click.IntRange(min=0), default=1, show_default=True, help="Data loader processes.")
 @click.option("--threads", type=click.IntRange(min=1), help="Torch CPU threads [default: all cores].")
+@click.option("--freeze-bn/--train-bn", default=None,
+              help="Keep BatchNorm statistics fixed [default: fixed when starting from pretrained weights].")
 @click.option("--save-every-epoch", is_flag=True, help="Keep a checkpoint file for every epoch.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing run folder.")
 @click.option("--resume", "resume_dir", type=click.Path(path_type=Path),
@@ -82,7 +84,7 @@ def cli(verbose: bool) -> None:
 @handle_errors
 def finetune(data, model, output, strategy, epochs, batch_size, lr, optimizer, weights, no_pretrained, val,
              val_fraction, image_size, label_smoothing, patience, no_augment, no_cache, strict, seed, workers,
-             threads, save_every_epoch, overwrite, resume_dir) -> None:
+             threads, freeze_bn, save_every_epoch, overwrite, resume_dir) -> None:
     """Fine-tune a pretrained backbone on an image folder (DATA/CLASS/*.jpg or DATA/{train,val}/CLASS)."""
     from . import finetune as ft
 
@@ -97,10 +99,11 @@ def finetune(data, model, output, strategy, epochs, batch_size, lr, optimizer, w
             optimizer=optimizer, val=str(val) if val else None, val_fraction=val_fraction, image_size=image_size,
             label_smoothing=label_smoothing, patience=patience or None, augment=not no_augment,
             cache_features=not no_cache, strict=strict, seed=seed, workers=workers, threads=threads,
-            save_every_epoch=save_every_epoch)
+            freeze_bn=freeze_bn, save_every_epoch=save_every_epoch)
         result = ft.finetune(config, overwrite=overwrite)
     m = result.metrics
-    click.echo(f"{result.run_dir}: val top-1 {100 * m['top1']:.2f}%  top-5 {100 * m['top5']:.2f}%  "
+    top5 = f"top-5 {100 * m['top5']:.2f}%  " if m["top5"] is not None else ""
+    click.echo(f"{result.run_dir}: val top-1 {100 * m['top1']:.2f}%  {top5}"
                f"best epoch {m['best_epoch']}/{m['epochs_run']}  {m['wall_time_s']:.0f} s")
     for name, acc in m["per_class"].items():
         click.echo(f"  {name:<24} {100 * acc:6.2f}%" if acc is not None else f"  {name:<24}   n/a")

@@ -44,11 +44,11 @@ def write_digits_folder(root: str | Path, size: int = 32) -> Path:
 
 def run_demo(output: str | Path = "runs/demo", *, data: str | Path | None = None, quick: bool = False,
              progress: bool = True) -> dict[str, Any]:
-    """Fine-tune the offline EfficientNet-Lite0, export and check ONNX, build the targets this machine
-    can run, benchmark them, and print a summary table. Returns the summary rows."""
-    from rich.table import Table
-
+    """Fine-tune the offline EfficientNet-Lite0, export and check ONNX, build OpenVINO INT8 for this
+    CPU (when OpenVINO is installed), benchmark every artifact, and print a summary table."""
     from ._console import console
+    from .bench import BenchConfig, benchmark, render_table
+    from .build import TargetBuildConfig, build_target
     from .export import export_onnx
     from .finetune import FinetuneConfig, finetune
 
@@ -58,22 +58,19 @@ def run_demo(output: str | Path = "runs/demo", *, data: str | Path | None = None
         image_size, epochs = (64, 1) if quick else (96, 3)
     else:
         image_size, epochs = (96, 1) if quick else (None, 5)
-    console.rule("[bold]1/3 fine-tune EfficientNet-Lite0 (offline ImageNet weights)")
+    console.rule("[bold]1/4 fine-tune EfficientNet-Lite0 (offline ImageNet weights)")
     result = finetune(FinetuneConfig(data=str(data), output=str(output), strategy="full", epochs=epochs,
                                      image_size=image_size, workers=0), overwrite=True, progress=progress)
-    console.rule("[bold]2/3 export to ONNX + parity check")
-    exported = export_onnx(output)
-    rows = [{"stage": "finetune (PyTorch)", "artifact": "checkpoint.pt", "val top-1 %": 100 * result.metrics["top1"],
-             "detail": f"{result.metrics['epochs_run']} epochs, {result.wall_time_s:.0f} s"},
-            {"stage": "export (ONNX)", "artifact": "onnx/model.onnx",
-             "val top-1 %": 100 * exported.metrics["parity_labels_top1"],
-             "detail": f"max |diff| {exported.metrics['max_abs_diff']:.1e}, "
-                       f"agreement {100 * exported.metrics['top1_agreement']:.0f}%"}]
-    console.rule("[bold]3/3 summary")
-    table = Table(title=f"edgetl demo: {output}")
-    for column in ("stage", "artifact", "val top-1 %", "detail"):
-        table.add_column(column)
-    for row in rows:
-        table.add_row(row["stage"], row["artifact"], f"{row['val top-1 %']:.2f}", row["detail"])
-    console.print(table)
-    return {"run_dir": str(output), "rows": rows}
+    console.rule("[bold]2/4 export to ONNX + parity check")
+    export_onnx(output)
+    console.rule("[bold]3/4 OpenVINO INT8 for this CPU (NNCF, calibrated on training images)")
+    try:
+        build_target(output, TargetBuildConfig(target="intel-cpu", precision="int8", calib_size=100 if quick else 300))
+    except MissingBackendError as exc:
+        log.warning("skipping the intel-cpu target: %s", exc)
+    console.rule("[bold]4/4 benchmark every artifact")
+    report = benchmark(output, BenchConfig(batch_sizes=(1,), rounds=2 if quick else 3, iterations=20,
+                                           round_time_s=1.0 if quick else 2.0, memory=not quick), progress=progress)
+    console.print(render_table(report.data))
+    console.print(f"run folder: {output}   report: {report.files.get('html', output / 'bench')}")
+    return {"run_dir": str(output), "finetune": result.metrics, "bench": report.data}

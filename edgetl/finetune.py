@@ -62,6 +62,9 @@ class FinetuneConfig:
     """Linear warm-up before the cosine decay (ignored for linear-probe)."""
     augment: bool = True
     """Random resized crop, flip and colour jitter on training images (not with cached features)."""
+    probe_epochs: int = 10
+    """gradual only: first train the head alone on cached features for this many (cheap) epochs, so
+    unfreezing starts from a converged head (LP-FT); 0 skips it."""
     cache_features: bool = True
     """linear-probe only: compute backbone features once and train the head on them."""
     patience: int | None = 5
@@ -76,6 +79,9 @@ class FinetuneConfig:
     threads: int | None = None
     strict: bool = False
     """Fail on the first unreadable image instead of skipping and counting it."""
+    freeze_bn: bool | None = None
+    """Keep BatchNorm statistics fixed while fine-tuning (None: yes when starting from pretrained weights,
+    which small datasets cannot re-estimate well; no for random init)."""
     save_every_epoch: bool = False
     """Keep ``checkpoints/epoch_NNN.pt`` for every epoch, not only the last and the best."""
 
@@ -91,6 +97,8 @@ class FinetuneConfig:
             raise ConfigError("lr must be positive")
         if not 0 <= self.label_smoothing < 1:
             raise ConfigError("label_smoothing must be in [0, 1)")
+        if self.probe_epochs < 0:
+            raise ConfigError("probe_epochs cannot be negative")
         if self.patience is not None and self.patience < 1:
             raise ConfigError("patience must be at least 1 (or None to disable early stopping)")
         if not self.output:
@@ -278,7 +286,8 @@ class _Trainer:
         if self.config.strategy == "linear-probe":
             return 0
         ramp = max(1, math.ceil(self.config.epochs / 2))  # all unfrozen by half-way
-        return min(total, math.ceil(total * epoch / ramp))
+        elapsed = epoch + (1 if self.config.probe_epochs else 0)  # a probed head needs no head-only epoch
+        return min(total, math.ceil(total * elapsed / ramp))
 
     def _apply_freezing(self, epoch: int) -> int:
         n = self._trainable_groups(epoch)
@@ -290,14 +299,20 @@ class _Trainer:
             p.requires_grad_(True)
         return n
 
+    @property
+    def freeze_bn(self) -> bool:
+        if self.config.freeze_bn is not None:
+            return self.config.freeze_bn
+        return self.config.pretrained or self.config.weights is not None
+
     def _train_mode(self) -> None:
-        """Train mode, but frozen BatchNorms keep their ImageNet statistics."""
+        """Train mode, but BatchNorms of frozen layers (or all, with ``freeze_bn``) keep their statistics."""
         import torch.nn as nn
 
         self.model.train()
         for module in self.model.modules():
             if isinstance(module, nn.modules.batchnorm._BatchNorm):
-                if not any(p.requires_grad for p in module.parameters(recurse=False)):
+                if self.freeze_bn or not any(p.requires_grad for p in module.parameters(recurse=False)):
                     module.eval()
 
     # -- checkpoints ------------------------------------------------------------------------
@@ -389,9 +404,10 @@ class _Trainer:
             progress.update(task, advance=len(targets), status=f"loss {total_loss / seen:.3f}")
         return total_loss / seen, correct / seen
 
-    def _train_epoch_cached(self, feats, labels, generator) -> tuple[float, float]:
+    def _train_epoch_cached(self, feats, labels, generator, optimizer=None, scheduler=None) -> tuple[float, float]:
         import torch
 
+        optimizer, scheduler = optimizer or self.optimizer, scheduler or self.scheduler
         head = self.model.get_submodule(self.bundle.head[0])
         head.train()
         order = torch.randperm(len(labels), generator=generator)
@@ -400,13 +416,30 @@ class _Trainer:
             idx = order[start:start + self.config.batch_size]
             logits = head(feats[idx])
             loss = self.criterion(logits, labels[idx])
-            self.optimizer.zero_grad(set_to_none=True)
+            optimizer.zero_grad(set_to_none=True)
             loss.backward()
-            self.optimizer.step()
-            self.scheduler.step()
+            optimizer.step()
+            scheduler.step()
             total_loss += loss.item() * len(idx)
             correct += (logits.argmax(1) == labels[idx]).sum().item()
         return total_loss / len(labels), correct / len(labels)
+
+    def _probe_head(self, progress) -> float:
+        """LP-FT: fit the new head on cached backbone features before any backbone layer trains."""
+        import torch
+
+        cfg = self.config
+        loader = make_loader(self.splits.train, self.bundle.preprocess.eval_transform(), cfg.batch_size,
+                             workers=cfg.workers)
+        feats, labels = self._features(loader, progress, "probe features")
+        optimizer = torch.optim.AdamW(self.head_params, lr=3e-3, weight_decay=cfg.weight_decay)
+        steps = cfg.probe_epochs * math.ceil(len(labels) / cfg.batch_size)
+        scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, steps)
+        generator = torch.Generator().manual_seed(cfg.seed)
+        for _ in range(cfg.probe_epochs):
+            _, accuracy = self._train_epoch_cached(feats, labels, generator, optimizer, scheduler)
+        log.info("head fitted on cached features for %d epochs: train top-1 %.2f%%", cfg.probe_epochs, 100 * accuracy)
+        return accuracy
 
     def _evaluate(self, feats=None, labels=None) -> tuple[np.ndarray, np.ndarray, float]:
         import torch
@@ -445,6 +478,8 @@ class _Trainer:
                 if self.cached:
                     train_feats = self._features(self.train_loader, progress, "features train")
                     val_feats = self._features(self.val_loader, progress, "features val")
+                if fresh and cfg.strategy == "gradual" and cfg.probe_epochs:
+                    self._probe_head(progress)
                 epochs_task = progress.add_task("epochs", total=cfg.epochs, completed=self.epoch, status="")
                 generator = torch.Generator().manual_seed(cfg.seed + self.epoch)
                 while self.epoch < cfg.epochs:

@@ -21,7 +21,7 @@ def confusion_matrix(predictions: np.ndarray, labels: np.ndarray, num_classes: i
 
 
 def classification_metrics(logits: np.ndarray, labels: np.ndarray, classes: list[str]) -> dict[str, Any]:
-    """top1/top5 (fractions), per-class accuracy and the confusion matrix (rows: truth)."""
+    """top1/top5 (fractions; top5 None for 5 classes or fewer), per-class accuracy and the confusion matrix (rows: truth)."""
     logits, labels = np.asarray(logits), np.asarray(labels)
     predictions = logits.argmax(axis=1)
     matrix = confusion_matrix(predictions, labels, len(classes))
@@ -30,7 +30,7 @@ def classification_metrics(logits: np.ndarray, labels: np.ndarray, classes: list
     return {
         "samples": int(len(labels)),
         "top1": topk_accuracy(logits, labels, 1),
-        "top5": topk_accuracy(logits, labels, 5),
+        "top5": topk_accuracy(logits, labels, 5) if len(classes) > 5 else None,  # trivially 100% otherwise
         "per_class": per_class,
         "confusion_matrix": matrix.tolist(),
     }

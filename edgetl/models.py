@@ -316,15 +316,35 @@ def _reload_trained_head(model: Any, weights: str | Path, heads: list[str], orig
 
 def load_run_model(run_dir: str | Path) -> tuple[Any, dict[str, Any]]:
     """The fine-tuned float model of a run folder (eval mode) and its checkpoint metadata."""
-    import torch
-
     from .errors import RunFolderError
 
     path = Path(run_dir) / "checkpoint.pt"
     if not path.is_file():
         raise RunFolderError(f"{run_dir} has no checkpoint.pt: run `edgetl finetune` first (or --resume it)")
+    return load_checkpoint(path)
+
+
+def load_checkpoint(path: str | Path) -> tuple[Any, dict[str, Any]]:
+    """A model from an edgetl checkpoint file (``checkpoint.pt`` or an ``epoch_NNN.pt``), in eval mode."""
+    import torch
+
     checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    if "model_name" not in checkpoint:
+        checkpoint = _epoch_checkpoint(Path(path), checkpoint)
     bundle = build_model(checkpoint["model_name"], int(checkpoint["num_classes"]), pretrained=False,
                          image_size=checkpoint.get("image_size"))
     bundle.model.load_state_dict(checkpoint["state_dict"])
     return bundle.model.eval(), checkpoint
+
+
+def _epoch_checkpoint(path: Path, state: dict[str, Any]) -> dict[str, Any]:
+    """A training-state file (``checkpoints/*.pt``) describes its model through the run's checkpoint.pt."""
+    from .errors import ModelError
+
+    run_checkpoint = path.parent.parent / "checkpoint.pt"
+    if "model" not in state or not run_checkpoint.is_file():
+        raise ModelError(f"{path} is not an edgetl checkpoint (no model name and no run folder around it)")
+    import torch
+
+    meta = torch.load(run_checkpoint, map_location="cpu", weights_only=True)
+    return {**meta, "state_dict": state["model"], "epoch": state.get("epoch")}

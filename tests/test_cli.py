@@ -80,3 +80,18 @@ def test_readme_commands_exist():
     assert "edgetl demo" in readme and "pytest" in readme
     test_command = re.search(r"^(python -m pytest.*)$", readme, re.M).group(1)
     assert test_command in ci
+
+
+@pytest.mark.slow
+def test_demo_quick_runs_the_whole_pipeline(tmp_path: Path):
+    from edgetl.demo import run_demo
+    from edgetl.manifest import Manifest
+
+    summary = run_demo(tmp_path / "runs" / "demo", quick=True, progress=False)
+    manifest = Manifest.load(tmp_path / "runs" / "demo")
+    for stage in ("finetune", "onnx", "intel-cpu:int8", "bench"):
+        assert manifest.completed(stage), stage
+    assert manifest.verify() == []
+    assert summary["finetune"]["top1"] > 0.5  # digits: far above the 10% of chance after one epoch
+    runtimes = {r["runtime"] for r in summary["bench"]["results"] if r["status"] == "ok"}
+    assert runtimes == {"torch", "onnxruntime", "openvino"}

@@ -56,10 +56,20 @@ def build_initial(cfg: FinetuneConfig) -> dict:
 
 
 def test_gradual_unfreezes_from_the_top(split_folder: Path, tmp_path: Path):
-    cfg = config(split_folder, tmp_path / "run", strategy="gradual", epochs=4)
+    cfg = config(split_folder, tmp_path / "run", strategy="gradual", epochs=4, probe_epochs=0)
     result = finetune(cfg, progress=False)
     unfrozen = [h["unfrozen_groups"] for h in result.history]
     assert unfrozen[0] == 0 and unfrozen == sorted(unfrozen) and unfrozen[-1] > unfrozen[1] > 0
+
+
+def test_gradual_with_probed_head_starts_unfreezing_at_once(split_folder: Path, tmp_path: Path, monkeypatch):
+    calls = []
+    original = _Trainer._probe_head
+    monkeypatch.setattr(_Trainer, "_probe_head", lambda self, progress: calls.append(original(self, progress)))
+    cfg = config(split_folder, tmp_path / "run", strategy="gradual", epochs=4, probe_epochs=3)
+    result = finetune(cfg, progress=False)
+    assert len(calls) == 1 and 0.0 <= calls[0] <= 1.0
+    assert result.history[0]["unfrozen_groups"] > 0
 
 
 def test_layer_groups_exclude_head():

@@ -27,10 +27,9 @@ class TorchRunner(Runner):
         return runner
 
     def _load_impl(self) -> None:
-        from ..models import load_run_model
+        from ..models import load_checkpoint, load_run_model
 
-        run_dir = self.artifact.parent if self.artifact.is_file() else self.artifact
-        self.model, _ = load_run_model(run_dir)
+        self.model, _ = load_checkpoint(self.artifact) if self.artifact.is_file() else load_run_model(self.artifact)
 
     def _infer_impl(self, batch: np.ndarray) -> np.ndarray:
         import torch
