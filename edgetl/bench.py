@@ -48,6 +48,7 @@ from . import __version__
 from ._io import atomic_path, write_json, write_text
 from .errors import ConfigError, DatasetError, MissingBackendError, RegressionError, RunFolderError
 from .manifest import MANIFEST_NAME, Manifest
+from ._allocator import steady_allocator
 from .metrics import classification_metrics
 
 log = logging.getLogger(__name__)
@@ -105,6 +106,9 @@ class BenchConfig:
     """Bootstrap resamples for the confidence interval of the accuracy drop."""
     seed: int = 0
     """Seed for the bootstrap and the class-balanced ``limit`` sample."""
+    steady_allocator: bool = True
+    """Raise glibc's mmap/trim thresholds first so large activations are not page-faulted in on every
+    call (PyTorch at batch >= 8 otherwise runs ~2x slower, by an amount that depends on process history)."""
     output: str | None = None
     """Report folder (default: RUN/bench, or ./bench for loose artifacts from several runs)."""
     compare: str | None = None
@@ -358,10 +362,11 @@ def _timed_runs(runner: Any, batch: np.ndarray, iterations: int, budget_s: float
     return times
 
 
-def _memory_probe(target: BenchTarget, input_shape: tuple[int, ...], runs: int = 3) -> dict[str, Any]:
+def _memory_probe(target: BenchTarget, input_shape: tuple[int, ...], runs: int = 3,
+                  steady: bool = True) -> dict[str, Any]:
     """Peak RSS of a fresh process that imports the runtime, loads the artifact and runs it."""
     request = json.dumps({"runtime": target.runtime, "artifact": str(target.artifact), "options": target.options,
-                          "shape": list(input_shape), "runs": runs})
+                          "shape": list(input_shape), "runs": runs, "steady_allocator": steady})
     code = "import sys, edgetl.bench as b; b._probe_main(sys.argv[1])"
     try:
         proc = subprocess.run([sys.executable, "-c", code, request], capture_output=True, text=True, timeout=600)
@@ -397,6 +402,8 @@ def _probe_main(request_json: str) -> None:
     from .backends import create_runner
 
     request = json.loads(request_json)
+    if request.get("steady_allocator", True):
+        steady_allocator()
     try:
         importlib.import_module(RUNTIME_MODULES[request["runtime"]])
     except ImportError:
@@ -490,6 +497,8 @@ def benchmark(run_or_artifacts: str | Path | Sequence[str | Path], config: Bench
     from .doctor import device_fingerprint
 
     config = config or BenchConfig()
+    if config.steady_allocator:
+        steady_allocator()  # before any runtime allocates (see edgetl/_allocator.py)
     inputs = [run_or_artifacts] if isinstance(run_or_artifacts, (str, Path)) else list(run_or_artifacts)
     manifest, raw_targets, is_run = _load_manifests(inputs)
     targets = expand_variants(raw_targets, config)
@@ -624,7 +633,7 @@ def _measure(targets, manifest, images, labels, data_source, config, progress, c
             shape = (max(config.batch_sizes), *images.shape[1:])
             for i in list(runners):
                 bar.update(task, status=f"memory {results[i]['label']}")
-                results[i]["memory"] = _memory_probe(targets[i], shape)
+                results[i]["memory"] = _memory_probe(targets[i], shape, steady=config.steady_allocator)
                 bar.advance(task)
     for runner in runners.values():
         runner.close()
@@ -651,7 +660,9 @@ def _measure(targets, manifest, images, labels, data_source, config, progress, c
             "config": {k: v for k, v in asdict(config).items() if k not in ("compare", "fail_on_regression")},
             "method": {"latency": "interleaved rounds, artifact order rotated each round; stats pool all timed runs; "
                                   "p50_stable_ms = lowest per-round median (used for comparisons)",
-                       "memory": MEMORY_METHOD, "accuracy_ci": "paired bootstrap over images (95%), exact McNemar"},
+                       "memory": MEMORY_METHOD, "accuracy_ci": "paired bootstrap over images (95%), exact McNemar",
+                       "allocator": "glibc, mmap/trim thresholds 1 GiB" if config.steady_allocator and
+                       steady_allocator() else "default"},
             "data": {"source": data_source, "images": int(len(images)), "input_shape": list(images.shape[1:])},
             "reference": results[reference]["label"] if reference is not None else None,
             "results": results, "notes": notes, "comparison": None}

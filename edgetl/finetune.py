@@ -18,6 +18,7 @@ from typing import Any, Literal
 
 import numpy as np
 
+from ._allocator import steady_allocator
 from ._console import progress_bar
 from ._io import atomic_path, write_json
 from .data import DatasetSplits, load_splits, make_loader
@@ -131,6 +132,7 @@ def finetune(config: FinetuneConfig, *, overwrite: bool = False, progress: bool 
     """Train a new run from ``config``; the run folder must not exist unless ``overwrite``."""
     import torch
 
+    steady_allocator()  # activations are allocated and freed every step: keep them out of mmap/munmap
     _set_threads(config.threads)
     torch.manual_seed(config.seed)
     splits = load_splits(config.data, val=config.val, val_fraction=config.val_fraction, seed=config.seed,
@@ -168,6 +170,7 @@ def resume(run_dir: str | Path, *, progress: bool = True, epochs: int | None = N
     if not (Path(run_dir) / "checkpoints" / "last.pt").is_file():
         raise RunFolderError(f"{run_dir} has no checkpoints/last.pt (it stopped before the first epoch ended): "
                              "start it again with --overwrite")
+    steady_allocator()
     _set_threads(config.threads)
     torch.manual_seed(config.seed)
     splits = load_splits(config.data, val=config.val, val_fraction=config.val_fraction, seed=config.seed,
