@@ -811,20 +811,25 @@ COLUMNS = [("artifact", "artifact"), ("ran", "ran as"), ("batch", "batch"), ("p5
            ("mem", "mem Δ"), ("size", "size")]
 
 
-def render_table(report: dict[str, Any]):
-    """The report as a rich Table (the CLI prints it)."""
+SUMMARY_COLUMNS = [("artifact", "artifact"), ("ran", "ran"), ("p50", "p50 ms"),
+                   ("speedup", "vs ref"), ("top1", "top-1"), ("drop", "drop [95% CI]")]
+
+
+def render_table(report: dict[str, Any], columns: list[tuple[str, str]] | None = None):
+    """The report as a rich Table (the CLI prints it); ``SUMMARY_COLUMNS`` (one batch size) fits 80 columns."""
+    columns = columns or COLUMNS
     from rich.table import Table
     from rich.text import Text
 
     cpu = report["device"]["cpu"]
     table = Table(title=f"edgetl bench — {report['data']['images']} images, {cpu.get('model')}, "
                         f"{cpu.get('usable_cores')} cores", title_justify="left")
-    for key, title in COLUMNS:
+    for key, title in columns:
         table.add_column(title, justify="left" if key in ("artifact", "ran", "drop") else "right",
-                         no_wrap=key != "artifact")
+                         no_wrap=key != "artifact", min_width=16 if key == "artifact" else None)
     for row in _rows(report):
         style = "dim" if row["p50"] in ("skipped", "failed") else None
-        table.add_row(*(Text(row[k]) for k, _ in COLUMNS), style=style)
+        table.add_row(*(Text(row[k]) for k, _ in columns), style=style)
     return table
 
 

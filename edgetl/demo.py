@@ -47,7 +47,7 @@ def run_demo(output: str | Path = "runs/demo", *, data: str | Path | None = None
     """Fine-tune the offline EfficientNet-Lite0, export and check ONNX, build OpenVINO INT8 for this
     CPU (when OpenVINO is installed), benchmark every artifact, and print a summary table."""
     from ._console import console
-    from .bench import BenchConfig, benchmark, render_table
+    from .bench import SUMMARY_COLUMNS, BenchConfig, benchmark, render_table
     from .build import TargetBuildConfig, build_target
     from .export import export_onnx
     from .finetune import FinetuneConfig, finetune
@@ -71,6 +71,6 @@ def run_demo(output: str | Path = "runs/demo", *, data: str | Path | None = None
     console.rule("[bold]4/4 benchmark every artifact")
     report = benchmark(output, BenchConfig(batch_sizes=(1,), rounds=2 if quick else 3, iterations=20,
                                            round_time_s=1.0 if quick else 2.0, memory=not quick), progress=progress)
-    console.print(render_table(report.data))
+    console.print(render_table(report.data, SUMMARY_COLUMNS))
     console.print(f"run folder: {output}   report: {report.files.get('html', output / 'bench')}")
     return {"run_dir": str(output), "finetune": result.metrics, "bench": report.data}

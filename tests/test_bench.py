@@ -115,6 +115,7 @@ def test_report_structure(tiny_report):
             assert 0 < stat["min_ms"] <= stat["p50_ms"] <= stat["p90_ms"] <= stat["p99_ms"] <= stat["max_ms"]
             assert len(stat["round_p50_ms"]) == 2 and stat["runs"] >= 4
             assert stat["p50_stable_ms"] == min(stat["round_p50_ms"])
+        assert data["method"]["allocator"] in ("glibc, mmap/trim thresholds 1 GiB", "default")
         acc = res["accuracy"]
         assert acc["samples"] == n and 0 <= acc["top1"] <= 1
         assert acc["top5"] is None  # 3 classes: top-5 would be trivially 100%

@@ -20,3 +20,4 @@ def test_top5_only_with_more_than_five_classes():
     assert metrics["per_class"] == {"a": 1.0, "b": 0.5, "c": 1.0}
     six = classification_metrics(np.tile(np.arange(6.0), (2, 1)), np.array([0, 5]), list("abcdef"))
     assert six["top5"] == 0.5
+
