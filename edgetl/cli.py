@@ -116,7 +116,8 @@ def finetune(data, model, output, strategy, epochs, batch_size, lr, optimizer, w
 @click.option("--no-simplify", is_flag=True, help="Skip onnxslim.")
 @click.option("--exporter", type=click.Choice(["dynamo", "torchscript"]), default="dynamo", show_default=True)
 @click.option("--atol", type=float, default=1e-4, show_default=True, help="Parity: absolute tolerance on logits.")
-@click.option("--rtol", type=float, default=2e-4, show_default=True, help="Parity: tolerance relative to each image's largest |logit|.")
+@click.option("--rtol", type=float, default=2e-4, show_default=True,
+              help="Parity: tolerance relative to each image's largest |logit|.")
 @click.option("--parity-images", type=click.IntRange(min=1), help="Check only this many val images.")
 @click.option("--data", type=click.Path(path_type=Path), help="Labelled folder for the parity check.")
 @click.option("--target", help="Also build for a device profile (e.g. intel-cpu) from the ONNX model.")
