@@ -33,6 +33,25 @@ def atomic_path(path: str | os.PathLike[str], suffix: str = "") -> Iterator[Path
             tmp.unlink()
 
 
+def utc_now() -> str:
+    """The current UTC time as an ISO-8601 string to the second (manifest and report stamps)."""
+    import datetime as dt
+
+    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+
+
+def read_json(path: str | os.PathLike[str], error: type[Exception], missing: str, damaged: str = "") -> Any:
+    """Parse a JSON file, raising ``error`` with ``missing`` when it is absent and a one-line reason when
+    it does not parse (``damaged`` is appended as advice)."""
+    path = Path(path)
+    if not path.is_file():
+        raise error(missing)
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise error(f"{path} is not valid JSON ({exc}){'; ' + damaged if damaged else ''}") from exc
+
+
 def write_text(path: str | os.PathLike[str], text: str) -> Path:
     with atomic_path(path) as tmp:
         tmp.write_text(text, encoding="utf-8")

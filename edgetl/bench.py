@@ -28,7 +28,6 @@ changes meaning or goes away (adding fields does not).
 from __future__ import annotations
 
 import base64
-import datetime as _dt
 import html
 import importlib
 import json
@@ -45,7 +44,7 @@ from typing import Any
 import numpy as np
 
 from . import __version__
-from ._io import atomic_path, write_json, write_text
+from ._io import atomic_path, read_json, utc_now, write_json, write_text
 from .errors import ConfigError, DatasetError, MissingBackendError, RegressionError, RunFolderError
 from .manifest import MANIFEST_NAME, Manifest
 from ._allocator import steady_allocator
@@ -655,7 +654,7 @@ def _measure(targets, manifest, images, labels, data_source, config, progress, c
                                             for s in res["latency"] if s["batch"] in ref_p50})
             res["vs_reference"] = vs
     notes = _notes(results, reference, config, len(images))
-    return {"schema_version": SCHEMA_VERSION, "kind": "edgetl.bench", "created": _now(), "edgetl": __version__,
+    return {"schema_version": SCHEMA_VERSION, "kind": "edgetl.bench", "created": utc_now(), "edgetl": __version__,
             "run": str(manifest.run_dir), "model": manifest.model, "classes": classes,
             "config": {k: v for k, v in asdict(config).items() if k not in ("compare", "fail_on_regression")},
             "method": {"latency": "interleaved rounds, artifact order rotated each round; stats pool all timed runs; "
@@ -721,19 +720,9 @@ def _summary_metrics(report: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def _now() -> str:
-    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
-
-
 # -- comparison --------------------------------------------------------------------------------------
 def load_report(path: str | Path) -> dict[str, Any]:
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"--compare report not found: {path}")
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
-        raise ConfigError(f"{path} is not valid JSON: {exc}") from exc
+    data = read_json(path, ConfigError, f"--compare report not found: {path}")
     if data.get("kind") != "edgetl.bench" or data.get("schema_version") != SCHEMA_VERSION:
         raise ConfigError(f"{path} is not an edgetl bench report with schema_version {SCHEMA_VERSION}")
     return data

@@ -7,8 +7,6 @@ finishes, so a killed process never leaves a manifest that claims success.
 
 from __future__ import annotations
 
-import datetime as _dt
-import json
 import platform
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -16,15 +14,11 @@ from pathlib import Path
 from typing import Any
 
 from . import __version__
-from ._io import sha256, write_json
+from ._io import read_json, sha256, utc_now, write_json
 from .errors import RunFolderError
 
 MANIFEST_NAME = "edgetl.json"
 SCHEMA_VERSION = 1
-
-
-def _now() -> str:
-    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
 
 
 def library_versions(names: tuple[str, ...] = ("torch", "torchvision", "timm", "onnx", "onnxruntime",
@@ -59,7 +53,7 @@ class Manifest:
         run_dir = Path(run_dir)
         data = {
             "schema": SCHEMA_VERSION,
-            "created": _now(),
+            "created": utc_now(),
             "versions": library_versions(),
             "model": dict(model),
             "classes": list(classes),
@@ -74,18 +68,15 @@ class Manifest:
         if not run_dir.is_dir():
             raise RunFolderError(f"run folder not found: {run_dir}")
         path = run_dir / MANIFEST_NAME
-        if not path.is_file():
-            raise RunFolderError(f"{run_dir} has no {MANIFEST_NAME}: is it a run folder made by `edgetl finetune`?")
-        try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-        except json.JSONDecodeError as exc:
-            raise RunFolderError(f"{path} is not valid JSON ({exc}); the run folder is damaged") from exc
+        data = read_json(path, RunFolderError,
+                         f"{run_dir} has no {MANIFEST_NAME}: is it a run folder made by `edgetl finetune`?",
+                         "the run folder is damaged")
         if data.get("schema") != SCHEMA_VERSION:
             raise RunFolderError(f"{path} has manifest schema {data.get('schema')!r}; this edgetl reads {SCHEMA_VERSION}")
         return cls(run_dir, data)
 
     def save(self) -> Path:
-        self.data["updated"] = _now()
+        self.data["updated"] = utc_now()
         return write_json(self.path, self.data)
 
     # -- convenient views -----------------------------------------------------------------
@@ -119,7 +110,7 @@ class Manifest:
     # -- stage bookkeeping ----------------------------------------------------------------
     def begin(self, name: str, options: Mapping[str, Any]) -> dict[str, Any]:
         """Mark a stage as running (and save), dropping any earlier record of it."""
-        self.stages[name] = {"status": "running", "started": _now(), "options": _plain(options),
+        self.stages[name] = {"status": "running", "started": utc_now(), "options": _plain(options),
                              "metrics": {}, "artifacts": {}}
         self.save()
         return self.stages[name]
@@ -143,7 +134,7 @@ class Manifest:
         if metrics:
             stage["metrics"].update(_plain(metrics))
         stage["status"] = status
-        stage["finished"] = _now()
+        stage["finished"] = utc_now()
         self.save()
 
     def fail(self, name: str, error: str) -> None:
