@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import os
@@ -11,6 +12,34 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+
+from .errors import RunFolderError
+
+_DISK_FULL = (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC))
+
+
+def current_umask() -> int:
+    """The process umask, read from /proc where possible (``os.umask`` can only read it by setting it)."""
+    with contextlib.suppress(OSError, ValueError):
+        with open("/proc/self/status", encoding="ascii", errors="replace") as fh:
+            for line in fh:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+@contextlib.contextmanager
+def disk_full_is_an_error(path: str | os.PathLike[str]) -> Iterator[None]:
+    """Turn "no space left" (ENOSPC, EDQUOT) raised in the block into a one-line :class:`RunFolderError`."""
+    try:
+        yield
+    except OSError as exc:
+        if exc.errno not in _DISK_FULL:
+            raise
+        raise RunFolderError(f"no space left on device while writing {path}: free some space and run the command "
+                             "again") from exc
 
 
 @contextlib.contextmanager
@@ -21,16 +50,20 @@ def atomic_path(path: str | os.PathLike[str], suffix: str = "") -> Iterator[Path
     ``suffix`` keeps an extension some writers look at (e.g. ``.onnx``).
     """
     target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=suffix or ".tmp", dir=target.parent)
-    os.close(fd)
-    tmp = Path(tmp_name)
-    try:
-        yield tmp
-        os.replace(tmp, target)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    with disk_full_is_an_error(target):
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=suffix or ".tmp", dir=target.parent)
+        tmp = Path(tmp_name)
+        try:
+            try:
+                os.fchmod(fd, 0o666 & ~current_umask())  # mkstemp's 0600 keeps other users out whatever the umask
+            finally:
+                os.close(fd)
+            yield tmp
+            os.replace(tmp, target)
+        finally:
+            if tmp.exists():
+                tmp.unlink()
 
 
 def utc_now() -> str:
@@ -48,7 +81,7 @@ def read_json(path: str | os.PathLike[str], error: type[Exception], missing: str
         raise error(missing)
     try:
         return json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise error(f"{path} is not valid JSON ({exc}){'; ' + damaged if damaged else ''}") from exc
 
 
@@ -79,20 +112,22 @@ def staging_dir(final: str | os.PathLike[str]) -> Iterator[Path]:
     Used for multi-file artifacts (OpenVINO IR's .xml + .bin) so they appear together or not at all.
     """
     target = Path(final)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
-    try:
-        yield tmp
-        if target.exists():
-            old = target.with_name(f".{target.name}.old")
-            shutil.rmtree(old, ignore_errors=True)
-            os.replace(target, old)
-            os.replace(tmp, target)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, target)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+    with disk_full_is_an_error(target):
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+        try:
+            os.chmod(tmp, 0o777 & ~current_umask())  # mkdtemp's 0700 keeps other users out whatever the umask
+            yield tmp
+            if target.exists():
+                old = target.with_name(f".{target.name}.old")
+                shutil.rmtree(old, ignore_errors=True)
+                os.replace(target, old)
+                os.replace(tmp, target)
+                shutil.rmtree(old, ignore_errors=True)
+            else:
+                os.replace(tmp, target)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
 
 
 def sha256(path: str | os.PathLike[str], chunk: int = 1 << 20) -> str:

@@ -499,6 +499,7 @@ def benchmark(run_or_artifacts: str | Path | Sequence[str | Path], config: Bench
     if config.steady_allocator:
         steady_allocator()  # before any runtime allocates (see edgetl/_allocator.py)
     inputs = [run_or_artifacts] if isinstance(run_or_artifacts, (str, Path)) else list(run_or_artifacts)
+    previous = load_report(config.compare) if config.compare else None  # a bad file fails before measuring
     manifest, raw_targets, is_run = _load_manifests(inputs)
     targets = expand_variants(raw_targets, config)
     if not targets:
@@ -520,7 +521,7 @@ def benchmark(run_or_artifacts: str | Path | Sequence[str | Path], config: Bench
         report["device"] = device_fingerprint()
         _add_device_details(report)
         if config.compare:
-            report["comparison"] = compare_reports(load_report(config.compare), report, config.fail_on_regression)
+            report["comparison"] = compare_reports(previous, report, config.fail_on_regression)
         files = write_reports(report, out_dir)
     except BaseException as exc:
         if record:
@@ -722,10 +723,48 @@ def _summary_metrics(report: dict[str, Any]) -> dict[str, Any]:
 
 # -- comparison --------------------------------------------------------------------------------------
 def load_report(path: str | Path) -> dict[str, Any]:
+    """An earlier report.json for ``--compare``, checked so that comparing with it cannot fail later."""
     data = read_json(path, ConfigError, f"--compare report not found: {path}")
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path} is not an edgetl bench report: its top level is a JSON {_json_type(data)}, "
+                          "not an object")
     if data.get("kind") != "edgetl.bench" or data.get("schema_version") != SCHEMA_VERSION:
         raise ConfigError(f"{path} is not an edgetl bench report with schema_version {SCHEMA_VERSION}")
+    problem = _report_problem(data)
+    if problem:
+        raise ConfigError(f"{path} is a damaged edgetl bench report: {problem}; compare with another report.json")
     return data
+
+
+def _json_type(value: Any) -> str:
+    names = {dict: "object", list: "array", str: "string", bool: "boolean", int: "number", float: "number"}
+    return "null" if value is None else names.get(type(value), type(value).__name__)
+
+
+def _report_problem(data: dict[str, Any]) -> str | None:
+    """What in a bench report :func:`compare_reports` could not read, or None."""
+    results = data.get("results")
+    if not isinstance(results, list):
+        return f'no "results" list (found a JSON {_json_type(results)})'
+    for i, res in enumerate(results):
+        if not isinstance(res, dict) or not isinstance(res.get("key"), str):
+            return f'results[{i}] is not an object with a "key"'
+        latency = res.get("latency", [])
+        if not isinstance(latency, list) or not all(
+                isinstance(s, dict) and isinstance(s.get("batch"), int) and _positive(s.get("p50_stable_ms"))
+                for s in latency):
+            return f'results[{i}] ({res["key"]}) has a latency that is not a list of batch / p50_stable_ms entries'
+        accuracy = res.get("accuracy") or {}
+        if not isinstance(accuracy, dict) or _json_type(accuracy.get("top1")) not in ("number", "null"):
+            return f'results[{i}] ({res["key"]}) has an accuracy that is not an object with a numeric "top1"'
+    device = data.get("device") or {}
+    if not isinstance(device, dict) or not isinstance(device.get("cpu", {}), dict):
+        return '"device" is not an object with a "cpu" object'
+    return None
+
+
+def _positive(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value > 0
 
 
 def compare_reports(old: dict[str, Any], new: dict[str, Any], fail_pct: float | None = None) -> dict[str, Any]:

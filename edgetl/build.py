@@ -20,7 +20,10 @@ import numpy as np
 
 from ._io import staging_dir, write_json
 from .errors import AccuracyBudgetError, ConfigError, RunFolderError, TargetError
-from .manifest import Manifest, library_versions
+from .export import CHECKPOINT, ONNX_FILE
+from .run.integrity import require_current
+from .run.manifest import Manifest, library_versions
+from .run.stage import stage, verify_inputs
 from .profiles import TargetProfile, load_target
 
 log = logging.getLogger(__name__)
@@ -76,24 +79,31 @@ def stage_name(target: str, precision: str) -> str:
     return f"{target}:{precision}"
 
 
-def build_target(run_dir: str | Path, config: TargetBuildConfig | None = None) -> TargetBuildResult:
-    """Build ``run_dir`` for ``config.target`` at ``config.precision`` and record it in the manifest."""
+def build_target(run_dir: str | Path, config: TargetBuildConfig | None = None, *,
+                 verify: bool = True) -> TargetBuildResult:
+    """Build ``run_dir`` for ``config.target`` at ``config.precision`` and record it in the manifest.
+
+    The float ONNX model and checkpoint are checked against their recorded sha256s (``verify=False``
+    skips that), and an ONNX export older than the checkpoint is refused as stale.
+    """
     config = config or TargetBuildConfig()
-    run_dir = Path(run_dir)
-    manifest = Manifest.load(run_dir)
     profile = load_target(config.target)
     precision = profile.check_precision(config.precision)
     builder = _BUILDERS.get(profile.runtime)
     if builder is None:
         raise TargetError(f"target {profile.name} needs runtime {profile.runtime!r}, which edgetl cannot build for yet")
-    return builder(run_dir, manifest, profile, precision, config)
+    manifest = Manifest.load(run_dir)
+    manifest.require("onnx", f"run `edgetl export {run_dir}` first")
+    require_current(manifest, "onnx")
+    inputs = verify_inputs(manifest, [ONNX_FILE, CHECKPOINT], verify=verify)
+    return builder(manifest.run_dir, manifest, profile, precision, config, inputs)
 
 
 # -- OpenVINO -----------------------------------------------------------------------------
 
 def _build_openvino(run_dir: Path, manifest: Manifest, profile: TargetProfile, precision: str,
-                    config: TargetBuildConfig) -> TargetBuildResult:
-    from .backends.openvino import OpenVINORunner, convert_onnx, import_openvino, save_ir
+                    config: TargetBuildConfig, inputs: dict[str, str]) -> TargetBuildResult:
+    from .backends.openvino import convert_onnx, import_openvino
     from .compress import quantize as q
     from .data import load_array, run_eval_samples
     from .preprocessing import PreprocessSpec
@@ -101,79 +111,95 @@ def _build_openvino(run_dir: Path, manifest: Manifest, profile: TargetProfile, p
     import_openvino()  # fail with the install hint before any work
     if precision == "int8":
         q.import_nncf()
-    manifest.require("onnx", f"run `edgetl export {run_dir}` first")
-    onnx_path = run_dir / "onnx" / "model.onnx"
-    if not onnx_path.is_file():
-        raise RunFolderError(f"{onnx_path} is missing although the manifest records it: re-run `edgetl export {run_dir}`")
-    spec = PreprocessSpec.from_dict(manifest.data["preprocessing"])
+    spec = PreprocessSpec.from_dict(manifest.preprocessing)
     images, labels = load_array(run_eval_samples(manifest, config.data), spec)
     calib = (q.calibration_samples(manifest, config.calib_data, config.calib_size, config.seed)
              if precision == "int8" else [])
     float_top1 = _torch_top1(run_dir, images, labels)
-
-    stage = stage_name(profile.name, precision)
+    name = stage_name(profile.name, precision)
     final = run_dir / profile.name / precision
-    manifest.begin(stage, {**asdict(config), "precision": precision, "target": profile.name})
     # the runner settings an app should use: a true FP32 artifact needs the f32 hint on BF16 CPUs
     runner_options = {**profile.runner_options, **({"precision_hint": "f32"} if precision == "fp32" else {})}
-    try:
+    options = {**asdict(config), "precision": precision, "target": profile.name}
+    with stage(manifest, name, options, inputs, busy_hint="another build of it is running") as st:
         start = time.perf_counter()
-        float_model = convert_onnx(onnx_path)
-        extra: dict[str, Any] = {}
-        model = float_model
+        float_model = convert_onnx(run_dir / ONNX_FILE)
+        model, extra = float_model, {}
         if precision == "int8":
             model, extra = _quantize(float_model, calib, spec, images, labels, float_top1, profile, config,
                                      runner_options)
-        build_s = time.perf_counter() - start
+        build = _Build(manifest, profile, precision, config, runner_options, images, labels, float_top1,
+                       time.perf_counter() - start)
         with staging_dir(final) as tmp:
-            save_ir(model, tmp / "model.xml", compress_to_fp16=precision == "fp16")
-            # metrics come from the files as saved, run as an app would run them
-            with OpenVINORunner(tmp / "model.xml", **runner_options) as runner:
-                top1 = _top1(runner, images, labels)
-                info = runner.describe()
-                runner_layers = runner.layer_precisions()
-                layer_precisions = runner.layer_precisions(original_names=True)
-                latency = _latency_p50(runner, images[:1], config.latency_runs)
-            metrics = {
-                "top1": top1, "float_top1": float_top1, "drop_points": round(100 * (float_top1 - top1), 4),
-                "val_images": int(len(labels)), "executed_precision": info.precision,
-                "inference_precision_hint": info.extra["inference_precision_hint"],
-                "compute_layers": info.extra["compute_layers"], "threads": info.threads,
-                "latency_p50_ms": latency, "build_s": round(build_s, 2), "max_drop": config.max_drop,
-                **extra.pop("metrics", {}),
-            }
-            if precision == "int8" and config.sensitivity_images:
-                report = q.sensitivity_report(float_model, model, images[:config.sensitivity_images],
-                                              layer_precisions)
-                report["float_compute_layers"] = q.float_compute_layers(runner_layers)
-                report.update(extra)
-                write_json(tmp / "sensitivity.json", report)
-                metrics["worst_layers"] = report["worst_layers"][:3]
-            write_json(tmp / "build.json", {
-                "target": asdict(profile), "precision": precision, "config": asdict(config),
-                "runner_options": runner_options, "runner": info.to_dict(), "metrics": metrics,
-                "source": str(onnx_path.relative_to(run_dir)), "versions": library_versions(),
-                "preprocessing": manifest.data["preprocessing"]})
-    except BaseException as exc:
-        manifest.fail(stage, f"{type(exc).__name__}: {exc}"[:300])
-        raise
-    manifest.add_artifact(stage, final / "model.xml", runtime="openvino", precision=precision, format="openvino-ir",
-                          device=profile.device, executed_precision=metrics["executed_precision"],
-                          runner_options=runner_options)
-    manifest.add_artifact(stage, final / "model.bin", format="openvino-weights")
-    for name in ("sensitivity.json", "build.json"):
-        if (final / name).is_file():
-            manifest.add_artifact(stage, final / name)
-    missed = config.max_drop is not None and metrics["drop_points"] > config.max_drop
-    manifest.finish(stage, metrics, status=BUDGET_MISSED if missed else "complete")
+            metrics = build.write(tmp, float_model, model, extra)
+        st.artifact(final / "model.xml", runtime="openvino", precision=precision, format="openvino-ir",
+                    device=profile.device, executed_precision=metrics["executed_precision"],
+                    runner_options=runner_options)
+        st.artifact(final / "model.bin", format="openvino-weights")
+        for extra_file in ("sensitivity.json", "build.json"):
+            if (final / extra_file).is_file():
+                st.artifact(final / extra_file)
+        st.metrics.update(metrics)
+        missed = config.max_drop is not None and metrics["drop_points"] > config.max_drop
+        st.status = BUDGET_MISSED if missed else "complete"
     if missed:
         raise AccuracyBudgetError(
-            f"{stage}: top-1 drop {metrics['drop_points']:.2f} points exceeds --max-drop {config.max_drop} "
-            f"({100 * top1:.2f}% vs float {100 * float_top1:.2f}%); the best model found is kept in {final} "
-            "(status budget-missed). Try more or more representative --calib-data, a larger --max-drop, or fp16")
-    log.info("wrote %s: top-1 %.2f%% (drop %.2f points), runs in %s, p50 %.2f ms", final / "model.xml", 100 * top1,
-             metrics["drop_points"], metrics["executed_precision"], latency or float("nan"))
-    return TargetBuildResult(stage, final / "model.xml", "complete", metrics)
+            f"{name}: top-1 drop {metrics['drop_points']:.2f} points exceeds --max-drop {config.max_drop} "
+            f"({100 * metrics['top1']:.2f}% vs float {100 * float_top1:.2f}%); the best model found is kept in "
+            f"{final} (status budget-missed). Try more or more representative --calib-data, a larger --max-drop, "
+            "or fp16")
+    log.info("wrote %s: top-1 %.2f%% (drop %.2f points), runs in %s, p50 %.2f ms", final / "model.xml",
+             100 * metrics["top1"], metrics["drop_points"], metrics["executed_precision"],
+             metrics["latency_p50_ms"] or float("nan"))
+    return TargetBuildResult(name, final / "model.xml", "complete", metrics)
+
+
+@dataclass
+class _Build:
+    """What an OpenVINO build writes into its staging folder, measured from the files as saved."""
+
+    manifest: Manifest
+    profile: TargetProfile
+    precision: str
+    config: TargetBuildConfig
+    runner_options: dict[str, Any]
+    images: np.ndarray
+    labels: np.ndarray
+    float_top1: float
+    build_s: float
+
+    def write(self, tmp: Path, float_model: Any, model: Any, extra: dict[str, Any]) -> dict[str, Any]:
+        from .backends.openvino import OpenVINORunner, save_ir
+        from .compress import quantize as q
+
+        cfg, images, labels = self.config, self.images, self.labels
+        save_ir(model, tmp / "model.xml", compress_to_fp16=self.precision == "fp16")
+        # metrics come from the files as saved, run as an app would run them
+        with OpenVINORunner(tmp / "model.xml", **self.runner_options) as runner:
+            top1 = _top1(runner, images, labels)
+            info = runner.describe()
+            runner_layers = runner.layer_precisions()
+            layer_precisions = runner.layer_precisions(original_names=True)
+            latency = _latency_p50(runner, images[:1], cfg.latency_runs)
+        metrics = {
+            "top1": top1, "float_top1": self.float_top1, "drop_points": round(100 * (self.float_top1 - top1), 4),
+            "val_images": int(len(labels)), "executed_precision": info.precision,
+            "inference_precision_hint": info.extra["inference_precision_hint"],
+            "compute_layers": info.extra["compute_layers"], "threads": info.threads,
+            "latency_p50_ms": latency, "build_s": round(self.build_s, 2), "max_drop": cfg.max_drop,
+            **extra.pop("metrics", {}),
+        }
+        if self.precision == "int8" and cfg.sensitivity_images:
+            report = q.sensitivity_report(float_model, model, images[:cfg.sensitivity_images], layer_precisions)
+            report["float_compute_layers"] = q.float_compute_layers(runner_layers)
+            report.update(extra)
+            write_json(tmp / "sensitivity.json", report)
+            metrics["worst_layers"] = report["worst_layers"][:3]
+        write_json(tmp / "build.json", {
+            "target": asdict(self.profile), "precision": self.precision, "config": asdict(cfg),
+            "runner_options": self.runner_options, "runner": info.to_dict(), "metrics": metrics,
+            "source": ONNX_FILE, "versions": library_versions(), "preprocessing": self.manifest.preprocessing})
+        return metrics
 
 
 def _quantize(float_model: Any, calib: list, spec: Any, images: np.ndarray, labels: np.ndarray, float_top1: float,

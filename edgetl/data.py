@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .errors import DatasetError
+from .run.manifest import MANIFEST_NAME
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +49,7 @@ class ImageFolderScan:
 
 def _check_image(path: Path) -> tuple[str | None, str | None]:
     """(PIL mode, None) for a decodable image, (None, reason) otherwise."""
-    from PIL import Image
+    from PIL import Image, ImageOps
 
     try:
         with warnings.catch_warnings():
@@ -57,9 +58,22 @@ def _check_image(path: Path) -> tuple[str | None, str | None]:
                 mode = img.mode
                 img.draft("RGB", (64, 64))  # JPEG: decode at reduced scale, still reads the whole stream
                 img.load()
+                ImageOps.exif_transpose(img, in_place=True)  # as load_rgb does: a broken EXIF block fails here
         return mode, None
     except Exception as exc:  # PIL raises many types for broken files
         return None, f"{type(exc).__name__}: {exc}".splitlines()[0][:200]
+
+
+def _is_run_folder(path: Path) -> bool:
+    """An edgetl run folder (holds the manifest), or a ``runs/`` folder holding only run folders."""
+    if (path / MANIFEST_NAME).is_file():
+        return True
+    if path.name != "runs":
+        return False
+    entries = [p for p in path.iterdir() if not p.name.startswith(".")]
+    subdirs = [p for p in entries if p.is_dir()]
+    loose_images = any(p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS for p in entries)
+    return bool(subdirs) and not loose_images and all((p / MANIFEST_NAME).is_file() for p in subdirs)
 
 
 def scan_image_folder(root: str | Path, *, strict: bool = False, classes: list[str] | None = None) -> ImageFolderScan:
@@ -74,7 +88,12 @@ def scan_image_folder(root: str | Path, *, strict: bool = False, classes: list[s
         raise DatasetError(f"dataset path does not exist: {root}")
     if not root.is_dir():
         raise DatasetError(f"dataset path is not a folder: {root}")
-    found = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    found = []
+    for sub in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
+        if _is_run_folder(sub):
+            log.warning("ignoring %s: an edgetl run folder, not a class", sub)
+        else:
+            found.append(sub.name)
     if not found:
         raise DatasetError(f"{root} has no class subfolders: expected {root}/CLASS_NAME/image.jpg")
     if classes is not None and found != classes:
@@ -130,7 +149,7 @@ def find_val_dir(root: Path) -> Path | None:
 
 
 def load_splits(root: str | Path, *, val: str | Path | None = None, val_fraction: float = 0.2,
-                seed: int = 0, strict: bool = False) -> DatasetSplits:
+                seed: int = 0, strict: bool = False, shared_rng: bool = False) -> DatasetSplits:
     """Train and val samples from a dataset root (``train/``+``val/`` layout or a single class folder)."""
     root = Path(root)
     if not root.exists():
@@ -144,21 +163,26 @@ def load_splits(root: str | Path, *, val: str | Path | None = None, val_fraction
                              [train_scan, val_scan])
     if not 0.0 < val_fraction < 1.0:
         raise DatasetError(f"no val folder in {root} and val fraction {val_fraction} is not in (0, 1)")
-    train, held_out = stratified_split(train_scan.samples, val_fraction, seed)
+    train, held_out = stratified_split(train_scan.samples, val_fraction, seed, shared_rng=shared_rng)
     return DatasetSplits(train_scan.classes, train, held_out, f"split:{val_fraction}", [train_scan])
 
 
-def stratified_split(samples: list[tuple[Path, int]], fraction: float, seed: int
+def stratified_split(samples: list[tuple[Path, int]], fraction: float, seed: int, *, shared_rng: bool = False
                      ) -> tuple[list[tuple[Path, int]], list[tuple[Path, int]]]:
-    """Hold out ``fraction`` of each class (at least one image when the class has two or more)."""
+    """Hold out ``fraction`` of each class (at least one image when the class has two or more).
+
+    Each class is shuffled by its own RNG (seeded from ``seed`` and its label), so adding images to one
+    class leaves the split of the others as it was. ``shared_rng`` reproduces edgetl 0.1's split (one RNG
+    for all classes) for runs made before the split was frozen.
+    """
     by_class: dict[int, list[tuple[Path, int]]] = defaultdict(list)
     for sample in samples:
         by_class[sample[1]].append(sample)
-    rng = random.Random(seed)
+    shared = random.Random(seed)
     train, val = [], []
     for label in sorted(by_class):
         items = by_class[label][:]
-        rng.shuffle(items)
+        (shared if shared_rng else random.Random(f"{seed}:{label}")).shuffle(items)  # str seeds: stable
         n_val = min(len(items) - 1, max(1, round(len(items) * fraction))) if len(items) > 1 else 0
         val.extend(items[:n_val])
         train.extend(items[n_val:])
@@ -182,13 +206,33 @@ def balanced_sample(samples: list[tuple[Path, int]], n: int, seed: int = 0) -> l
     return chosen
 
 
-def load_rgb(path: Path):
-    """Open an image as RGB (grayscale, RGBA and palette images are converted)."""
+def _to_8bit_gray(img):
+    """A 16-bit ("I;16*", or "I" holding 0..65535) or float ("F") grayscale image scaled to "L"."""
+    import numpy as np
     from PIL import Image
+
+    values = np.nan_to_num(np.asarray(img, dtype=np.float64))
+    if img.mode == "F":
+        if values.size and values.min() >= 0.0 and values.max() <= 1.0:
+            values = values * 255.0
+    elif img.mode != "I" or (values.size and values.min() >= 0 and values.max() <= 65535):
+        values = values / 257.0  # 65535 -> 255
+    return Image.fromarray(np.clip(np.rint(values), 0, 255).astype(np.uint8))
+
+
+def load_rgb(path: Path):
+    """Open an image upright (EXIF orientation applied) as RGB.
+
+    Grayscale, RGBA and palette images are converted; 16-bit and float grayscale is scaled, not clipped.
+    """
+    from PIL import Image, ImageOps
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         with Image.open(path) as img:
+            ImageOps.exif_transpose(img, in_place=True)  # phone photos: as displayed, not as stored
+            if img.mode.startswith("I;16") or img.mode in ("I", "F"):
+                return _to_8bit_gray(img).convert("RGB")
             if img.mode in ("RGBA", "LA") or (img.mode == "P" and "transparency" in img.info):
                 img = img.convert("RGBA")
                 background = Image.new("RGBA", img.size, (255, 255, 255, 255))
@@ -216,18 +260,42 @@ class ImageListDataset:
 
 
 def make_loader(samples, transform, batch_size: int, *, shuffle: bool = False, workers: int = 0, seed: int = 0):
+    """A DataLoader; a shuffled (training) loader drops a last batch of one image (BatchNorm cannot train on
+    it) and starts fresh workers each epoch, so reseeding ``loader.generator`` fixes the whole epoch."""
     import torch
     from torch.utils.data import DataLoader
 
     generator = torch.Generator().manual_seed(seed)
+    single_last = shuffle and len(samples) > 1 and len(samples) % batch_size == 1
     return DataLoader(ImageListDataset(samples, transform), batch_size=batch_size, shuffle=shuffle,
-                      num_workers=workers, generator=generator, persistent_workers=workers > 0)
+                      num_workers=workers, generator=generator, persistent_workers=workers > 0 and not shuffle,
+                      drop_last=single_last)
 
 
-def run_eval_samples(manifest, data: str | Path | None = None, split: str = "val") -> list[tuple[Path, int]]:
-    """The labelled images a run was validated on (or ``data``, a class folder with the run's classes)."""
+def run_eval_samples(manifest, data: str | Path | None = None, split: str = "val", *,
+                     verify: bool = True) -> list[tuple[Path, int]]:
+    """The labelled images a run was validated (``split="val"``) or trained (``"train"``) on, from its
+    frozen ``split.json``; or ``data``, a class folder with the run's classes."""
+    from .run.split import SPLIT_NAME, read_split
+
     if data is not None:
         return scan_image_folder(Path(data), classes=manifest.classes).samples
+    record = manifest.data.get("dataset") or {}
+    if record.get("split") == SPLIT_NAME:
+        from .run.integrity import verified_file
+
+        _, digest = verified_file(manifest, SPLIT_NAME, verify=False)
+        if verify and record.get("split_sha256") not in (None, digest):
+            from .errors import IntegrityError
+
+            raise IntegrityError(f"{manifest.run_dir / SPLIT_NAME} changed since fine-tuning froze it: restore it "
+                                 "or pass --data FOLDER")
+        return read_split(manifest.run_dir, split, manifest.classes)
+    return _legacy_eval_samples(manifest, split)
+
+
+def _legacy_eval_samples(manifest, split: str) -> list[tuple[Path, int]]:
+    """Runs of edgetl 0.1 (manifest schema 1) froze no split: recompute it as 0.1 did."""
     stage = manifest.stage("finetune")
     if not stage:
         raise DatasetError(f"{manifest.run_dir} records no dataset: pass --data FOLDER")
@@ -236,7 +304,7 @@ def run_eval_samples(manifest, data: str | Path | None = None, split: str = "val
         raise DatasetError(f"the run's dataset {opts['data']} is gone: pass --data FOLDER with the classes "
                            f"{', '.join(manifest.classes)}")
     splits = load_splits(opts["data"], val=opts.get("val"), val_fraction=opts.get("val_fraction", 0.2),
-                         seed=opts.get("seed", 0))
+                         seed=opts.get("seed", 0), shared_rng=True)
     if splits.classes != manifest.classes:
         raise DatasetError(f"{opts['data']} now has classes {splits.classes}, the run was trained on {manifest.classes}")
     return splits.val if split == "val" else splits.train

@@ -25,6 +25,18 @@ class RunFolderError(EdgetlError):
     """A run folder without the manifest or artifacts a stage needs."""
 
 
+class IntegrityError(RunFolderError):
+    """A run-folder file whose sha256 no longer matches what the stage that wrote it recorded."""
+
+
+class StaleArtifactError(RunFolderError):
+    """An artifact built from inputs that have changed since (e.g. ONNX from an older checkpoint)."""
+
+
+class RunBusyError(RunFolderError):
+    """Another edgetl process is writing the same stage of the same run folder."""
+
+
 class ConfigError(EdgetlError):
     """An option value that is out of range or inconsistent with another."""
 

@@ -16,10 +16,13 @@ import numpy as np
 
 from ._io import atomic_path
 from .errors import ConfigError, ParityError
-from .manifest import Manifest
+from .run.manifest import Manifest
+from .run.stage import stage, verify_inputs
 
 log = logging.getLogger(__name__)
 STAGE = "onnx"
+CHECKPOINT = "checkpoint.pt"
+ONNX_FILE = "onnx/model.onnx"
 INPUT_NAME, OUTPUT_NAME = "input", "logits"
 
 
@@ -60,22 +63,27 @@ class ExportResult:
     metrics: dict[str, Any]
 
 
-def export_onnx(run_dir: str | Path, config: ExportConfig | None = None) -> ExportResult:
-    """Export ``RUN/checkpoint.pt`` to ``RUN/onnx/model.onnx`` and record it in the manifest."""
+def export_onnx(run_dir: str | Path, config: ExportConfig | None = None, *, verify: bool = True) -> ExportResult:
+    """Export ``RUN/checkpoint.pt`` to ``RUN/onnx/model.onnx`` and record it in the manifest.
+
+    The checkpoint is checked against its recorded sha256 first (``verify=False`` skips that, for a
+    checkpoint edited on purpose) and against the run's model and classes (always).
+    """
     from .data import load_array, run_eval_samples
     from .models import load_run_model
     from .preprocessing import PreprocessSpec
 
     config = config or ExportConfig()
     manifest = Manifest.load(run_dir)
+    run_dir = manifest.run_dir
     manifest.require("finetune", "finish (or --resume) fine-tuning before exporting")
+    inputs = verify_inputs(manifest, [CHECKPOINT], verify=verify)
     model, _ = load_run_model(run_dir)
-    spec = PreprocessSpec.from_dict(manifest.data["preprocessing"])
+    spec = PreprocessSpec.from_dict(manifest.preprocessing)
     samples = run_eval_samples(manifest, config.data)
     images, labels = load_array(samples, spec, config.parity_images)
-    target = Path(run_dir) / "onnx" / "model.onnx"
-    manifest.begin(STAGE, asdict(config))
-    try:
+    target = run_dir / "onnx" / "model.onnx"
+    with stage(manifest, STAGE, asdict(config), inputs) as st:
         start = time.perf_counter()
         with atomic_path(target, suffix=".onnx") as tmp:
             torch_to_onnx(model, tmp, spec.input_size, config)
@@ -86,11 +94,8 @@ def export_onnx(run_dir: str | Path, config: ExportConfig | None = None) -> Expo
                                    batch_size=16 if config.dynamic_batch else 1)
             metrics.update(export_s=round(export_s, 2), parity_labels_top1=float(
                 (metrics.pop("_onnx_logits").argmax(1) == labels).mean()))
-    except BaseException as exc:
-        manifest.fail(STAGE, f"{type(exc).__name__}: {exc}"[:300])
-        raise
-    manifest.add_artifact(STAGE, target, runtime="onnxruntime", precision="fp32", format="onnx")
-    manifest.finish(STAGE, metrics)
+        st.artifact(target, runtime="onnxruntime", precision="fp32", format="onnx")
+        st.metrics.update(metrics)
     log.info("wrote %s: max |ONNX - PyTorch| %.2e over %d images, top-1 agreement %.1f%%", target,
              metrics["max_abs_diff"], metrics["parity_images"], 100 * metrics["top1_agreement"])
     return ExportResult(target, metrics)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import random
 import shutil
 import time
 from dataclasses import asdict, dataclass, field, fields
@@ -20,10 +21,12 @@ import numpy as np
 
 from ._allocator import steady_allocator
 from ._console import progress_bar
-from ._io import atomic_path, write_json
+from ._io import atomic_path, sha256, write_json
 from .data import DatasetSplits, load_splits, make_loader
-from .errors import ConfigError, RunFolderError
-from .manifest import Manifest
+from .errors import ConfigError, DatasetError, RunFolderError
+from .run.lock import StageLock
+from .run.manifest import Manifest
+from .run.split import SPLIT_NAME, write_split
 from .metrics import classification_metrics, plot_confusion_matrix
 from .models import ModelBundle, build_model
 
@@ -41,7 +44,7 @@ class FinetuneConfig:
     data: str
     """Dataset root: ``ROOT/train`` + ``ROOT/val`` class folders, or ``ROOT/CLASS`` (split automatically)."""
     output: str = ""
-    """Run folder; default ``runs/<dataset>-<model>``."""
+    """Run folder; default ``runs/<dataset>-<model>`` (beside the dataset when the working directory is inside it)."""
     model: str = "efficientnet_lite0"
     """Backbone name (edgetl, torchvision or timm; ``timm:``/``torchvision:`` prefixes choose explicitly)."""
     weights: str | None = None
@@ -102,8 +105,11 @@ class FinetuneConfig:
             raise ConfigError("probe_epochs cannot be negative")
         if self.patience is not None and self.patience < 1:
             raise ConfigError("patience must be at least 1 (or None to disable early stopping)")
-        if not self.output:
-            self.output = str(Path("runs") / f"{Path(self.data).resolve().name}-{self.model.replace(':', '-')}")
+
+    @property
+    def run_name(self) -> str:
+        """Default run folder name: ``DATASET-MODEL``."""
+        return f"{Path(self.data).resolve().name}-{self.model.replace(':', '-')}"
 
     @property
     def head_lr(self) -> float:
@@ -128,10 +134,25 @@ class FinetuneResult:
 
 # -- public entry points ------------------------------------------------------------------
 
+RESUMABLE = ("epochs", "patience", "workers", "threads", "save_every_epoch")
+"""Options a resumed run may change; every other option is fixed by what the run was trained with."""
+
+
 def finetune(config: FinetuneConfig, *, overwrite: bool = False, progress: bool = True) -> FinetuneResult:
-    """Train a new run from ``config``; the run folder must not exist unless ``overwrite``."""
+    """Train a new run from ``config``. An existing run folder is replaced only with ``overwrite``, and only
+    once the new run has finished its first epoch (see :mod:`edgetl.run.newrun`)."""
     import torch
 
+    from .run.newrun import RunStaging, check_output, default_output
+
+    data_root = Path(config.data).resolve()
+    if not data_root.exists():
+        raise DatasetError(f"dataset path does not exist: {config.data}")
+    config.data, config.val = str(data_root), str(Path(config.val).resolve()) if config.val else None
+    output = Path(config.output) if config.output else default_output(data_root, config.run_name)
+    roots = [data_root] + ([Path(config.val)] if config.val else [])
+    run_dir = check_output(output, roots, overwrite=overwrite)
+    config.output = str(run_dir)
     steady_allocator()  # activations are allocated and freed every step: keep them out of mmap/munmap
     _set_threads(config.threads)
     torch.manual_seed(config.seed)
@@ -140,47 +161,92 @@ def finetune(config: FinetuneConfig, *, overwrite: bool = False, progress: bool 
     _log_splits(splits)
     bundle = build_model(config.model, len(splits.classes), pretrained=config.pretrained, weights=config.weights,
                          image_size=config.image_size)
-    run_dir = Path(config.output)
-    if run_dir.exists() and any(run_dir.iterdir()):
-        if not overwrite:
-            raise RunFolderError(f"run folder {run_dir} already exists: use --resume to continue it, "
-                                 "--overwrite to replace it, or --output for a new one")
-        shutil.rmtree(run_dir)
-    manifest = Manifest.create(run_dir, model=_model_record(bundle, config), classes=splits.classes,
-                               preprocessing=bundle.preprocess.to_dict())
-    manifest.data["dataset"] = _dataset_record(splits, config)
-    trainer = _Trainer(config, bundle, splits, manifest, progress=progress)
-    return trainer.run(fresh=True)
+    staging = RunStaging(run_dir)
+    try:
+        with StageLock(staging.path, STAGE):
+            manifest = Manifest.create(staging.path, model=_model_record(bundle, config), classes=splits.classes,
+                                       preprocessing=bundle.preprocess.to_dict())
+            split_file = write_split(staging.path, splits.classes, splits.train, splits.val, splits.val_source)
+            manifest.set("dataset", {**_dataset_record(splits, config), "split": SPLIT_NAME,
+                                     "split_sha256": sha256(split_file)})
+            trainer = _Trainer(config, bundle, splits, manifest, progress=progress, staging=staging)
+            return trainer.run(fresh=True)
+    finally:
+        staging.discard()  # a run that never finished an epoch leaves nothing (and the old run intact)
 
 
-def resume(run_dir: str | Path, *, progress: bool = True, epochs: int | None = None) -> FinetuneResult:
-    """Continue an interrupted run from ``checkpoints/last.pt`` with its recorded options."""
+def resume(run_dir: str | Path, *, progress: bool = True, epochs: int | None = None,
+           changes: dict[str, Any] | None = None) -> FinetuneResult:
+    """Continue a run from ``checkpoints/last.pt`` with its recorded options, data order and RNG states.
+
+    ``epochs`` (or ``changes["epochs"]``) extends a run; other ``changes`` may only touch :data:`RESUMABLE`
+    options or repeat the recorded value. The run must not be training in another process.
+    """
     import torch
 
     manifest = Manifest.load(run_dir)
     stage = manifest.stage(STAGE)
     if stage is None:
         raise RunFolderError(f"{run_dir} has no finetune stage to resume")
-    config = FinetuneConfig.from_dict(stage["options"])
+    changes = {**(changes or {}), **({"epochs": epochs} if epochs is not None else {})}
+    config = _resumed_config(stage["options"], changes, run_dir)
+    with StageLock(run_dir, STAGE).acquire("it is still training; wait for it or stop it first"):
+        if stage.get("status") == "complete" and "epochs" not in changes:
+            raise RunFolderError(f"{run_dir} already finished fine-tuning; pass --epochs N to train it further")
+        if not (Path(run_dir) / "checkpoints" / "last.pt").is_file():
+            raise RunFolderError(f"{run_dir} has no checkpoints/last.pt (it stopped before the first epoch ended): "
+                                 "start it again with --overwrite")
+        steady_allocator()
+        _set_threads(config.threads)
+        torch.manual_seed(config.seed)
+        splits = _resumed_splits(manifest, config)
+        bundle = build_model(manifest.model["name"], len(splits.classes), pretrained=False,
+                             image_size=config.image_size)
+        trainer = _Trainer(config, bundle, splits, manifest, progress=progress)
+        trainer._restore()
+        if "epochs" in changes and config.epochs <= trainer.epoch:
+            raise ConfigError(f"{run_dir} has trained {trainer.epoch} epoch(s) already: --epochs must be more than "
+                              f"{trainer.epoch} to train it further")
+        return trainer.run(fresh=False)
+
+
+def _resumed_config(recorded: dict[str, Any], changes: dict[str, Any], run_dir: str | Path) -> FinetuneConfig:
+    config = FinetuneConfig.from_dict(recorded)
     config.output = str(run_dir)
-    if epochs is not None:
-        config.epochs = epochs
-    if stage.get("status") == "complete" and epochs is None:
-        raise RunFolderError(f"{run_dir} already finished fine-tuning; pass --epochs N to train it further")
-    if not (Path(run_dir) / "checkpoints" / "last.pt").is_file():
-        raise RunFolderError(f"{run_dir} has no checkpoints/last.pt (it stopped before the first epoch ended): "
-                             "start it again with --overwrite")
-    steady_allocator()
-    _set_threads(config.threads)
-    torch.manual_seed(config.seed)
+    for name, value in changes.items():
+        if name not in {f.name for f in fields(FinetuneConfig)}:
+            raise ConfigError(f"unknown fine-tuning option {name!r}")
+        if name in RESUMABLE:
+            setattr(config, name, value)
+        elif _same(getattr(config, name), value, name):
+            continue
+        else:
+            flag = "--" + name.replace("_", "-")
+            raise ConfigError(f"{flag} cannot change when resuming ({run_dir} was trained with {name}="
+                              f"{getattr(config, name)!r}); only {', '.join('--' + r.replace('_', '-') for r in RESUMABLE)} "
+                              "can: start a new run with -o for other settings")
+    config.__post_init__()
+    return config
+
+
+def _same(recorded: Any, given: Any, name: str) -> bool:
+    if name in ("data", "val") and recorded and given:
+        return Path(recorded).resolve() == Path(given).resolve()
+    return recorded == given
+
+
+def _resumed_splits(manifest: Manifest, config: FinetuneConfig) -> DatasetSplits:
+    """The run's frozen split (runs made before it was frozen: recomputed as they were)."""
+    from .data import run_eval_samples
+
+    if (manifest.data.get("dataset") or {}).get("split") == SPLIT_NAME:
+        train, val = run_eval_samples(manifest, split="train"), run_eval_samples(manifest, split="val")
+        return DatasetSplits(manifest.classes, train, val, manifest.data["dataset"].get("val_source", ""), [])
     splits = load_splits(config.data, val=config.val, val_fraction=config.val_fraction, seed=config.seed,
-                         strict=config.strict)
+                         strict=config.strict, shared_rng=True)
     if splits.classes != manifest.classes:
         raise RunFolderError(f"the dataset's classes {splits.classes} are not the run's {manifest.classes}")
-    bundle = build_model(manifest.model["name"], len(splits.classes), pretrained=False,
-                         image_size=config.image_size)
-    trainer = _Trainer(config, bundle, splits, manifest, progress=progress)
-    return trainer.run(fresh=False)
+    return splits
 
 
 # -- helpers --------------------------------------------------------------------------------
@@ -227,11 +293,11 @@ def layer_groups(model: Any, heads: list[str]) -> list[list[Any]]:
 
 class _Trainer:
     def __init__(self, config: FinetuneConfig, bundle: ModelBundle, splits: DatasetSplits, manifest: Manifest,
-                 progress: bool) -> None:
+                 progress: bool, staging: Any = None) -> None:
         import torch
 
         self.config, self.bundle, self.splits, self.manifest = config, bundle, splits, manifest
-        self.progress = progress
+        self.progress, self.staging = progress, staging
         self.model = bundle.model
         self.run_dir = manifest.run_dir
         self.classes = splits.classes
@@ -244,9 +310,9 @@ class _Trainer:
         self.train_loader = make_loader(splits.train, spec.train_transform(augment), config.batch_size, shuffle=True,
                                         workers=config.workers, seed=config.seed)
         self.val_loader = make_loader(splits.val, spec.eval_transform(), config.batch_size, workers=config.workers)
+        self.steps_per_epoch = len(self.train_loader)
         self.optimizer = self._make_optimizer()
-        steps_per_epoch = math.ceil(len(splits.train) / config.batch_size)
-        self.scheduler = self._make_scheduler(steps_per_epoch)
+        self.scheduler = self._make_scheduler(self.steps_per_epoch)
         self.history: list[dict[str, Any]] = []
         self.epoch = 0
         self.best = -1.0
@@ -325,7 +391,7 @@ class _Trainer:
         return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
                 "scheduler": self.scheduler.state_dict(), "epoch": self.epoch, "best": self.best,
                 "best_epoch": self.best_epoch, "bad_epochs": self.bad_epochs, "history": self.history,
-                "rng": torch.get_rng_state()}
+                "rng": torch.get_rng_state(), "python_rng": random.getstate()}
 
     def _save_training_state(self) -> None:
         import torch
@@ -355,6 +421,8 @@ class _Trainer:
         self.epoch, self.best, self.best_epoch = state["epoch"], state["best"], state["best_epoch"]
         self.bad_epochs, self.history = state["bad_epochs"], state["history"]
         torch.set_rng_state(state["rng"])
+        if "python_rng" in state:
+            random.setstate(state["python_rng"])
         log.info("resuming %s after epoch %d (best val top-1 %.2f%% at epoch %d)", self.run_dir, self.epoch,
                  100 * self.best, self.best_epoch)
 
@@ -394,6 +462,7 @@ class _Trainer:
         import torch
 
         self._train_mode()
+        self.train_loader.generator.manual_seed(self.config.seed + self.epoch)  # order = f(epoch): resumable
         total_loss, correct, seen = 0.0, 0, 0
         for images, targets in self.train_loader:
             logits, loss = self._forward_loss(images, targets)
@@ -414,9 +483,12 @@ class _Trainer:
         head = self.model.get_submodule(self.bundle.head[0])
         head.train()
         order = torch.randperm(len(labels), generator=generator)
-        total_loss, correct = 0.0, 0
+        total_loss, correct, seen = 0.0, 0, 0
         for start in range(0, len(order), self.config.batch_size):
             idx = order[start:start + self.config.batch_size]
+            if len(idx) == 1 and len(order) > 1:
+                continue  # as the image loader does: no batch of one
+            seen += len(idx)
             logits = head(feats[idx])
             loss = self.criterion(logits, labels[idx])
             optimizer.zero_grad(set_to_none=True)
@@ -425,7 +497,7 @@ class _Trainer:
             scheduler.step()
             total_loss += loss.item() * len(idx)
             correct += (logits.argmax(1) == labels[idx]).sum().item()
-        return total_loss / len(labels), correct / len(labels)
+        return total_loss / seen, correct / seen
 
     def _probe_head(self, progress) -> float:
         """LP-FT: fit the new head on cached backbone features before any backbone layer trains."""
@@ -462,72 +534,82 @@ class _Trainer:
         return logits.float().numpy(), targets.numpy(), loss
 
     def run(self, fresh: bool) -> FinetuneResult:
-        import torch
-
+        """Train until ``epochs`` (or early stopping); the caller holds the run's finetune stage lock."""
         cfg = self.config
-        created = fresh and not self.run_dir.exists()
         if fresh:
             self.manifest.begin(STAGE, cfg.to_dict())
-        else:
-            self._restore()
-            self.manifest.stages[STAGE]["status"] = "running"
-            self.manifest.stages[STAGE]["options"]["epochs"] = cfg.epochs
+            self.manifest.add_artifact(STAGE, self.run_dir / SPLIT_NAME)
             self.manifest.save()
+        else:
+            self.manifest.reopen(STAGE, {name: getattr(cfg, name) for name in RESUMABLE})
         start = time.perf_counter()
         elapsed_before = sum(h["time_s"] for h in self.history)
         try:
             with progress_bar(self.progress) as progress:
-                train_feats = val_feats = None
-                if self.cached:
-                    train_feats = self._features(self.train_loader, progress, "features train")
-                    val_feats = self._features(self.val_loader, progress, "features val")
-                if fresh and cfg.strategy == "gradual" and cfg.probe_epochs:
-                    self._probe_head(progress)
-                epochs_task = progress.add_task("epochs", total=cfg.epochs, completed=self.epoch, status="")
-                generator = torch.Generator().manual_seed(cfg.seed + self.epoch)
-                while self.epoch < cfg.epochs:
-                    epoch_start = time.perf_counter()
-                    unfrozen = self._apply_freezing(self.epoch)
-                    if self.cached:
-                        train_loss, train_acc = self._train_epoch_cached(*train_feats, generator)
-                        logits, labels, val_loss = self._evaluate(*val_feats)
-                    else:
-                        task = progress.add_task(f"epoch {self.epoch + 1}", total=len(self.splits.train), status="")
-                        train_loss, train_acc = self._train_epoch(progress, task)
-                        progress.remove_task(task)
-                        logits, labels, val_loss = self._evaluate()
-                    val_top1 = float((logits.argmax(1) == labels).mean())
-                    self.epoch += 1
-                    improved = val_top1 > self.best
-                    self.history.append({"epoch": self.epoch, "train_loss": round(train_loss, 5),
-                                         "train_top1": round(train_acc, 5), "val_loss": round(val_loss, 5),
-                                         "val_top1": round(val_top1, 5), "lr": self.optimizer.param_groups[0]["lr"],
-                                         "unfrozen_groups": unfrozen, "time_s": round(time.perf_counter() - epoch_start, 2)})
-                    if improved:
-                        self.best, self.best_epoch, self.bad_epochs = val_top1, self.epoch, 0
-                        self._save_best()
-                    else:
-                        self.bad_epochs += 1
-                    self._save_training_state()
-                    h = self.history[-1]
-                    log.info("epoch %d/%d  train loss %.3f  val loss %.3f  val top-1 %.2f%%%s  (%.0f s)", self.epoch,
-                             cfg.epochs, h["train_loss"], h["val_loss"], 100 * val_top1, " *" if improved else "",
-                             h["time_s"])
-                    progress.update(epochs_task, advance=1,
-                                    status=f"val top-1 {100 * val_top1:.1f}% (best {100 * self.best:.1f}%)")
-                    if cfg.patience and self.bad_epochs >= cfg.patience:
-                        log.info("early stopping: no improvement for %d epochs", cfg.patience)
-                        break
+                self._epochs(progress, fresh)
         except BaseException as exc:
-            if created and self.epoch == 0:
-                shutil.rmtree(self.run_dir, ignore_errors=True)  # nothing worth keeping
-            elif self.run_dir.exists():
-                status = "interrupted" if isinstance(exc, KeyboardInterrupt) else "failed"
-                self.manifest.stages[STAGE]["error"] = f"{type(exc).__name__}: {exc}"[:300]
-                self.manifest.finish(STAGE, status=status)
-                log.error("fine-tuning %s; resume with: edgetl finetune --resume %s", status, self.run_dir)
+            if self.staging is not None and not self.staging.promoted:
+                raise  # nothing worth keeping: the caller discards the staging folder
+            status = "interrupted" if isinstance(exc, KeyboardInterrupt) else "failed"
+            self.manifest.fail(STAGE, f"{type(exc).__name__}: {exc}"[:300], status)
+            log.error("fine-tuning %s; resume with: edgetl finetune --resume %s", status, self.run_dir)
             raise
         return self._finish(time.perf_counter() - start + elapsed_before)
+
+    def _epochs(self, progress, fresh: bool) -> None:
+        import torch
+
+        cfg = self.config
+        train_feats = val_feats = None
+        if self.cached:
+            loader = make_loader(self.splits.train, self.bundle.preprocess.eval_transform(), cfg.batch_size,
+                                 workers=cfg.workers)
+            train_feats = self._features(loader, progress, "features train")
+            val_feats = self._features(self.val_loader, progress, "features val")
+        if fresh and cfg.strategy == "gradual" and cfg.probe_epochs:
+            self._probe_head(progress)
+        epochs_task = progress.add_task("epochs", total=cfg.epochs, completed=self.epoch, status="")
+        while self.epoch < cfg.epochs:
+            epoch_start = time.perf_counter()
+            unfrozen = self._apply_freezing(self.epoch)
+            if self.cached:
+                generator = torch.Generator().manual_seed(cfg.seed + self.epoch)
+                train_loss, train_acc = self._train_epoch_cached(*train_feats, generator)
+                logits, labels, val_loss = self._evaluate(*val_feats)
+            else:
+                task = progress.add_task(f"epoch {self.epoch + 1}", total=len(self.splits.train), status="")
+                train_loss, train_acc = self._train_epoch(progress, task)
+                progress.remove_task(task)
+                logits, labels, val_loss = self._evaluate()
+            val_top1 = float((logits.argmax(1) == labels).mean())
+            self.epoch += 1
+            self.history.append({"epoch": self.epoch, "train_loss": round(train_loss, 5),
+                                 "train_top1": round(train_acc, 5), "val_loss": round(val_loss, 5),
+                                 "val_top1": round(val_top1, 5), "lr": self.optimizer.param_groups[0]["lr"],
+                                 "unfrozen_groups": unfrozen, "time_s": round(time.perf_counter() - epoch_start, 2)})
+            improved = self._end_epoch(val_top1)
+            progress.update(epochs_task, advance=1,
+                            status=f"val top-1 {100 * val_top1:.1f}% (best {100 * self.best:.1f}%)")
+            if not improved and cfg.patience and self.bad_epochs >= cfg.patience:
+                log.info("early stopping: no improvement for %d epochs", cfg.patience)
+                break
+
+    def _end_epoch(self, val_top1: float) -> bool:
+        """Checkpoints, then (first epoch of a new run) move the run into place; True when val improved."""
+        improved = val_top1 > self.best
+        if improved:
+            self.best, self.best_epoch, self.bad_epochs = val_top1, self.epoch, 0
+            self._save_best()
+        else:
+            self.bad_epochs += 1
+        self._save_training_state()
+        if self.staging is not None and not self.staging.promoted:
+            self.run_dir = self.manifest.run_dir = self.staging.promote()
+        h = self.history[-1]
+        log.info("epoch %d/%d  train loss %.3f  val loss %.3f  val top-1 %.2f%%%s  (%.0f s)", self.epoch,
+                 self.config.epochs, h["train_loss"], h["val_loss"], 100 * val_top1, " *" if improved else "",
+                 h["time_s"])
+        return improved
 
     def _finish(self, wall: float) -> FinetuneResult:
         import torch

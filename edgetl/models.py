@@ -325,16 +325,60 @@ def load_run_model(run_dir: str | Path) -> tuple[Any, dict[str, Any]]:
 
 
 def load_checkpoint(path: str | Path) -> tuple[Any, dict[str, Any]]:
-    """A model from an edgetl checkpoint file (``checkpoint.pt`` or an ``epoch_NNN.pt``), in eval mode."""
-    import torch
+    """A model from an edgetl checkpoint file (``checkpoint.pt`` or an ``epoch_NNN.pt``), in eval mode.
 
-    checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    A run's ``checkpoint.pt`` must describe the run's own model and classes (a file copied in from another
+    run is refused, whatever its checksum)."""
+    path = Path(path)
+    checkpoint = _torch_load(path)
+    if not isinstance(checkpoint, dict):
+        from .errors import ModelError
+
+        raise ModelError(f"{path} is not an edgetl checkpoint (it holds a {type(checkpoint).__name__})")
     if "model_name" not in checkpoint:
-        checkpoint = _epoch_checkpoint(Path(path), checkpoint)
+        checkpoint = _epoch_checkpoint(path, checkpoint)
+    _check_against_run(path, checkpoint)
     bundle = build_model(checkpoint["model_name"], int(checkpoint["num_classes"]), pretrained=False,
                          image_size=checkpoint.get("image_size"))
-    bundle.model.load_state_dict(checkpoint["state_dict"])
+    try:
+        bundle.model.load_state_dict(checkpoint["state_dict"])
+    except RuntimeError as exc:
+        from .errors import ModelError
+
+        raise ModelError(f"{path}: its weights do not fit {checkpoint['model_name']} "
+                         f"({str(exc).splitlines()[0][:160]})") from None
     return bundle.model.eval(), checkpoint
+
+
+def _torch_load(path: Path) -> Any:
+    """``torch.load(weights_only=True)`` with a one-line error for a damaged or foreign file."""
+    import torch
+
+    from .errors import RunFolderError
+
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise RunFolderError(f"{path} is missing") from None
+    except Exception as exc:  # zip, pickle and torch errors for truncated, damaged or foreign files
+        raise RunFolderError(f"{path} cannot be read as an edgetl checkpoint ({type(exc).__name__}): it is damaged "
+                             "or was not written by edgetl; restore it or re-run fine-tuning") from None
+
+
+def _check_against_run(path: Path, checkpoint: dict[str, Any]) -> None:
+    from .errors import IntegrityError
+    from .run.manifest import Manifest, is_run_folder
+
+    run_dir = path.parent if path.name == "checkpoint.pt" else path.parent.parent
+    if not is_run_folder(run_dir):
+        return
+    manifest = Manifest.load(run_dir)
+    expected = (manifest.model.get("name"), manifest.classes)
+    found = (checkpoint.get("model_name"), checkpoint.get("classes", manifest.classes))
+    if found != expected or int(checkpoint.get("num_classes", -1)) != len(manifest.classes):
+        raise IntegrityError(f"{path} holds a {found[0]} model for classes {found[1]}, but {run_dir} is a "
+                             f"{expected[0]} model for classes {expected[1]}: it belongs to another run; restore "
+                             "this run's checkpoint or fine-tune again")
 
 
 def _epoch_checkpoint(path: Path, state: dict[str, Any]) -> dict[str, Any]:
@@ -344,7 +388,5 @@ def _epoch_checkpoint(path: Path, state: dict[str, Any]) -> dict[str, Any]:
     run_checkpoint = path.parent.parent / "checkpoint.pt"
     if "model" not in state or not run_checkpoint.is_file():
         raise ModelError(f"{path} is not an edgetl checkpoint (no model name and no run folder around it)")
-    import torch
-
-    meta = torch.load(run_checkpoint, map_location="cpu", weights_only=True)
+    meta = _torch_load(run_checkpoint)
     return {**meta, "state_dict": state["model"], "epoch": state.get("epoch")}

@@ -94,3 +94,101 @@ def test_balanced_sample_spreads_over_classes():
     labels = [label for _, label in chosen]
     assert labels.count(0) == 4 and labels.count(1) == 4
     assert len(balanced_sample(samples, 1000)) == 105
+
+
+def test_16bit_grayscale_is_scaled_not_clipped(tmp_path: Path):
+    import numpy as np
+
+    arr = (np.arange(30 * 40, dtype=np.uint32).reshape(30, 40) * 54).astype(np.uint16)  # 0 .. 64746
+    Image.fromarray(arr).save(tmp_path / "deep.png")
+    with Image.open(tmp_path / "deep.png") as img:
+        assert img.mode.startswith("I;16")
+    rgb = np.asarray(load_rgb(tmp_path / "deep.png")).astype(int)
+    assert rgb.shape == (30, 40, 3)
+    assert (rgb[..., 0] == rgb[..., 1]).all() and (rgb[..., 0] == rgb[..., 2]).all()
+    assert np.abs(rgb[..., 0] - np.rint(arr / 257)).max() <= 1
+
+
+def test_16bit_pgm_mode_i_is_scaled(tmp_path: Path):
+    import numpy as np
+
+    arr = (np.arange(20 * 20, dtype=np.uint32).reshape(20, 20) * 160).astype(np.uint16)  # 0 .. 63840
+    Image.fromarray(arr).save(tmp_path / "deep.pgm")
+    rgb = np.asarray(load_rgb(tmp_path / "deep.pgm")).astype(int)
+    assert np.abs(rgb[..., 1] - np.rint(arr / 257)).max() <= 1
+
+
+def test_float_image_in_unit_range_is_scaled(tmp_path: Path):
+    import numpy as np
+
+    arr = np.linspace(0.0, 1.0, 16 * 16, dtype=np.float32).reshape(16, 16)
+    Image.fromarray(arr, "F").save(tmp_path / "float.tif")
+    rgb = np.asarray(load_rgb(tmp_path / "float.tif")).astype(int)
+    assert np.abs(rgb[..., 2] - np.rint(arr * 255)).max() <= 1
+
+
+def test_exif_orientation_is_applied(tmp_path: Path):
+    import numpy as np
+
+    pixels = np.zeros((20, 40, 3), dtype=np.uint8)  # 40 wide, 20 high: red left half, blue right half
+    pixels[:, :20] = (255, 0, 0)
+    pixels[:, 20:] = (0, 0, 255)
+    img = Image.fromarray(pixels)
+    exif = img.getexif()
+    exif[0x0112] = 6  # camera held rotated: display turned 90 degrees clockwise
+    img.save(tmp_path / "phone.jpg", exif=exif, quality=95)
+    upright = load_rgb(tmp_path / "phone.jpg")
+    assert upright.size == (20, 40)
+    top, bottom = np.asarray(upright)[5, 10].astype(int), np.asarray(upright)[34, 10].astype(int)
+    assert top[0] > 200 and top[2] < 60  # the left (red) half is now on top
+    assert bottom[2] > 200 and bottom[0] < 60
+
+
+def test_exif_rotated_images_scan_cleanly(tmp_path: Path):
+    root = make_image_folder(tmp_path / "data", per_class=3)
+    img = Image.new("RGB", (40, 20), (200, 40, 40))
+    exif = img.getexif()
+    exif[0x0112] = 8
+    img.save(root / "cats" / "phone.jpg", exif=exif)
+    scan = scan_image_folder(root, strict=True)
+    assert scan.counts() == {"cats": 4, "dogs": 3}
+    assert not scan.converted and not scan.skipped
+
+
+def test_split_of_other_classes_unchanged_when_a_class_grows(tmp_path: Path):
+    root = make_image_folder(tmp_path / "data", classes=("birds", "cats", "dogs"), per_class=10)
+    before = load_splits(root, val_fraction=0.25)
+    for extra in range(1, 4):  # one photo at a time into the first class
+        Image.new("RGB", (40, 40), (40, 180, 40)).save(root / "birds" / f"new{extra}.png")
+        after = load_splits(root, val_fraction=0.25)
+        assert len(after.train) + len(after.val) == len(before.train) + len(before.val) + extra
+        for label in (1, 2):
+            assert [s for s in after.val if s[1] == label] == [s for s in before.val if s[1] == label]
+            assert [s for s in after.train if s[1] == label] == [s for s in before.train if s[1] == label]
+
+
+def test_stratified_split_keeps_one_val_image_per_class():
+    samples = [(Path(f"{c}{i}"), c) for c in range(3) for i in range(2 + c)]
+    train, val = stratified_split(samples, 0.01, seed=0)
+    assert sorted(label for _, label in val) == [0, 1, 2]
+    assert len(train) == len(samples) - 3
+
+
+def test_run_folders_inside_dataset_are_not_classes(tmp_path: Path, caplog):
+    root = make_image_folder(tmp_path / "data", per_class=3)
+    for run in ("runs/x", "runs/y", "lone_run"):
+        (root / run).mkdir(parents=True)
+        (root / run / "edgetl.json").write_text("{}")
+        Image.new("RGB", (8, 8)).save(root / run / "confusion.png")
+    with caplog.at_level("WARNING", logger="edgetl.data"):
+        scan = scan_image_folder(root)
+    assert scan.classes == ["cats", "dogs"]
+    assert scan.counts() == {"cats": 3, "dogs": 3}
+    assert "runs" in caplog.text and "lone_run" in caplog.text
+
+
+def test_runs_class_with_images_is_kept(tmp_path: Path):
+    root = make_image_folder(tmp_path / "data", classes=("cats", "runs"), per_class=3)
+    (root / "runs" / "x").mkdir()
+    (root / "runs" / "x" / "edgetl.json").write_text("{}")
+    assert scan_image_folder(root).classes == ["cats", "runs"]

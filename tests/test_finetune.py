@@ -31,7 +31,7 @@ def test_strategies_train_and_record(split_folder: Path, tmp_path: Path, strateg
     assert stage["metrics"]["epochs_run"] == 2 and len(result.history) == 2
     assert manifest.classes == ["cats", "dogs"]
     assert manifest.data["preprocessing"]["input_size"] == 32
-    assert set(stage["artifacts"]) == {"checkpoint.pt", "metrics.json", "confusion_matrix.png"}
+    assert set(stage["artifacts"]) == {"checkpoint.pt", "metrics.json", "confusion_matrix.png", "split.json"}
     assert manifest.verify() == []
     assert (run / "confusion_matrix.png").read_bytes()[:4] == b"\x89PNG"
     assert 0.0 <= result.metrics["top1"] <= 1.0 and set(result.metrics["per_class"]) == {"cats", "dogs"}
@@ -150,7 +150,7 @@ def test_config_validation():
         FinetuneConfig(data="x", strategy="sideways")
     with pytest.raises(ConfigError):
         FinetuneConfig(data="x", epochs=0)
-    assert FinetuneConfig(data="/d/flowers", model="resnet50").output == str(Path("runs/flowers-resnet50"))
+    assert FinetuneConfig(data="/d/flowers", model="resnet50").run_name == "flowers-resnet50"
 
 
 def test_metrics_json_has_history(split_folder: Path, tmp_path: Path):

@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import MissingBackendError
+from ..errors import EdgetlError, MissingBackendError
 from .base import Runner, RunnerInfo
 
 
@@ -35,7 +35,12 @@ class OnnxRuntimeRunner(Runner):
         if self.threads:
             opts.intra_op_num_threads = self.threads
         opts.log_severity_level = 3
-        self.session = ort.InferenceSession(str(self.artifact), sess_options=opts, providers=self.providers)
+        try:
+            self.session = ort.InferenceSession(str(self.artifact), sess_options=opts, providers=self.providers)
+        except Exception as exc:  # ORT raises its own Fail/InvalidProtobuf types for damaged files
+            first = next((line.strip() for line in str(exc).splitlines() if line.strip()), type(exc).__name__)
+            raise EdgetlError(f"{self.artifact} could not be loaded by ONNX Runtime ({first[:160]}): the file is "
+                              "damaged or not an ONNX model") from None
         self.input_name = self.session.get_inputs()[0].name
 
     def _infer_impl(self, batch: np.ndarray) -> np.ndarray:

@@ -45,7 +45,14 @@ def precision_name(element_type: Any) -> str:
 def convert_onnx(onnx_path: str | Path):
     """The float ONNX model as an in-memory ``openvino.Model`` (weights stay FP32)."""
     ov = import_openvino()
-    return ov.convert_model(str(onnx_path))
+    try:
+        return ov.convert_model(str(onnx_path))
+    except Exception as exc:  # OpenVINO's frontend errors are multi-line C++ traces
+        from ..errors import RunFolderError
+
+        first = next((line.strip() for line in str(exc).splitlines() if line.strip()), type(exc).__name__)
+        raise RunFolderError(f"{onnx_path} could not be read as an ONNX model ({first[:160]}): it is damaged; "
+                             "re-run `edgetl export` for its run") from None
 
 
 def save_ir(model: Any, xml_path: str | Path, *, compress_to_fp16: bool = False) -> Path:

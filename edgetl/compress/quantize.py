@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from .._console import stdout_to_stderr
 from ..backends.openvino import COMPUTE_LAYERS, import_openvino
 from ..data import balanced_sample, load_rgb, run_eval_samples, scan_image_folder
 from ..errors import DatasetError, MissingBackendError
@@ -94,7 +95,8 @@ def quantize_ptq(model: Any, samples: list[tuple[Path, int]], spec: Any,
     nncf = import_nncf()
     settings = settings or QuantizeSettings()
     dataset = nncf.Dataset(_LazyImages(samples, spec))
-    return nncf.quantize(model, dataset, **_common_args(nncf, settings, len(samples)))
+    with stdout_to_stderr():  # NNCF's progress bars and INFO:nncf lines go to stdout
+        return nncf.quantize(model, dataset, **_common_args(nncf, settings, len(samples)))
 
 
 def quantize_accuracy_control(model: Any, samples: list[tuple[Path, int]], spec: Any, val_images: np.ndarray,
@@ -123,9 +125,10 @@ def quantize_accuracy_control(model: Any, samples: list[tuple[Path, int]], spec:
     restorer = AdvancedAccuracyRestorerParameters(ranking_subset_size=min(len(val_labels), 300))
     if max_iterations is not None:
         restorer.max_num_iterations = max_iterations
-    return nncf.quantize_with_accuracy_control(
-        model, calibration, validation, validate, max_drop=max_drop, drop_type=nncf.DropType.ABSOLUTE,
-        advanced_accuracy_restorer_parameters=restorer, **_common_args(nncf, settings, len(samples)))
+    with stdout_to_stderr():
+        return nncf.quantize_with_accuracy_control(
+            model, calibration, validation, validate, max_drop=max_drop, drop_type=nncf.DropType.ABSOLUTE,
+            advanced_accuracy_restorer_parameters=restorer, **_common_args(nncf, settings, len(samples)))
 
 
 # -- sensitivity --------------------------------------------------------------------------

@@ -1,0 +1,140 @@
+"""Trust, but check: recorded sha256s before a file is used, staleness of derived stages, run status.
+
+A stage records the sha256 of each run file it read (``inputs``). It is *stale* when one of those
+files has since been re-recorded with another checksum by the stage that produces it (a resumed
+fine-tune writes a new ``checkpoint.pt``: the ONNX export and everything built from it are stale),
+or when a stage it depends on is stale. A file whose bytes no longer match its own record was
+*modified* behind edgetl's back: using it is refused unless the caller opts out (``--no-verify``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .._io import sha256
+from ..errors import IntegrityError, RunFolderError
+from .manifest import COMPLETE, Manifest
+
+
+def rerun_hint(stage: str, run_dir: Path) -> str:
+    """The command that (re)produces ``stage``."""
+    if stage == "finetune":
+        return f"edgetl finetune --resume {run_dir} (or fine-tune again with --overwrite)"
+    if stage == "onnx":
+        return f"edgetl export {run_dir}"
+    if stage == "bench":
+        return f"edgetl bench {run_dir}"
+    if ":" in stage:
+        target, precision = stage.split(":", 1)
+        return f"edgetl export {run_dir} --target {target} --precision {precision}"
+    return f"the command that wrote stage '{stage}'"
+
+
+def verified_file(manifest: Manifest, rel: str, *, verify: bool = True) -> tuple[Path, str]:
+    """``RUN/rel`` and its sha256, after checking it against the record of the stage that wrote it.
+
+    Missing file or record: :class:`RunFolderError`. Different bytes: :class:`IntegrityError`, unless
+    ``verify`` is False (for people who edit artifacts on purpose); the actual sha256 is returned either way.
+    """
+    path = manifest.run_dir / rel
+    found = manifest.producer(rel)
+    if not path.is_file():
+        hint = rerun_hint(found[0], manifest.run_dir) if found else "re-run the stage that writes it"
+        raise RunFolderError(f"{path} is missing: {hint}")
+    actual = sha256(path)
+    if not verify:
+        return path, actual
+    if found is None:
+        raise IntegrityError(f"{path} is not recorded in {manifest.path}, so it cannot be trusted: re-run the stage "
+                             "that writes it, or pass --no-verify to use it anyway")
+    stage_name, entry, sub = found
+    recorded = entry["files"][sub] if sub else entry.get("sha256")
+    if actual != recorded:
+        raise IntegrityError(f"{path} does not match the sha256 recorded by stage '{stage_name}' (it changed after "
+                             f"edgetl wrote it): re-run `{rerun_hint(stage_name, manifest.run_dir)}`, or pass "
+                             "--no-verify if you changed it on purpose")
+    return path, actual
+
+
+def verify_stage_files(manifest: Manifest, stage: str, *, verify: bool = True) -> dict[str, str]:
+    """Check every file ``stage`` recorded; their sha256s by run-relative path."""
+    return {rel: verified_file(manifest, rel, verify=verify)[1] for rel in manifest.recorded_files(stage)}
+
+
+def stale_reason(manifest: Manifest, stage: str, _seen: frozenset[str] = frozenset()) -> str | None:
+    """Why ``stage`` no longer reflects its inputs, or None when it is current (or cannot tell: schema 1)."""
+    record = manifest.stage(stage)
+    if record is None or stage in _seen:
+        return None
+    for rel, digest in record.get("inputs", {}).items():
+        found = manifest.producer(rel)
+        if found is None:
+            return f"its input {rel} is no longer recorded"
+        producer, entry, sub = found
+        current = entry["files"][sub] if sub else entry.get("sha256")
+        if current != digest:
+            return f"{rel} was rewritten by '{producer}' after this stage read it"
+        upstream = stale_reason(manifest, producer, _seen | {stage})
+        if upstream:
+            return f"'{producer}' is stale ({upstream})"
+    return None
+
+
+def require_current(manifest: Manifest, stage: str) -> None:
+    """Raise :class:`StaleArtifactError` when ``stage`` is stale."""
+    from ..errors import StaleArtifactError
+
+    reason = stale_reason(manifest, stage)
+    if reason:
+        raise StaleArtifactError(f"stage '{stage}' of {manifest.run_dir} is stale: {reason}; "
+                                 f"re-run `{rerun_hint(stage, manifest.run_dir)}`")
+
+
+@dataclass
+class StageState:
+    """One line of ``edgetl status``."""
+
+    stage: str
+    status: str
+    """The recorded status: complete, running, failed, interrupted, budget-missed."""
+    state: str
+    """current, stale, modified, missing, busy (being written now), or the recorded status."""
+    detail: str = ""
+    files: dict[str, str] = field(default_factory=dict)
+    """Files that are modified or missing, with what is wrong."""
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def run_status(run_dir: str | Path) -> list[StageState]:
+    """What is current, stale, modified or missing in a run folder (nothing is changed)."""
+    from .lock import stage_busy
+
+    manifest = Manifest.load(run_dir)
+    states = []
+    for name, record in manifest.stages.items():
+        status = record.get("status", "?")
+        problems = {}
+        for rel, digest in manifest.recorded_files(name).items():
+            file = manifest.run_dir / rel
+            if not file.is_file():
+                problems[rel] = "missing"
+            elif sha256(file) != digest:
+                problems[rel] = "modified"
+        stale = stale_reason(manifest, name)
+        if stage_busy(manifest.run_dir, name):
+            state, detail = "busy", f"being written by another process (pid {record.get('pid', '?')})"
+        elif status not in (COMPLETE, "budget-missed"):
+            state, detail = status, record.get("error", "")
+        elif problems:
+            state = "missing" if "missing" in problems.values() else "modified"
+            detail = f"{len(problems)} file(s) {state}: re-run `{rerun_hint(name, manifest.run_dir)}`"
+        elif stale:
+            state, detail = "stale", f"{stale}: re-run `{rerun_hint(name, manifest.run_dir)}`"
+        else:
+            state, detail = "current", ""
+        states.append(StageState(name, status, state, detail, problems))
+    return states

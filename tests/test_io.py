@@ -1,0 +1,113 @@
+"""Atomic writes: file modes follow the umask, and a full disk is a one-line error that leaves old files intact."""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import stat
+from pathlib import Path
+
+import pytest
+
+from edgetl._io import atomic_path, staging_dir, write_json
+from edgetl.errors import RunFolderError
+
+
+@pytest.fixture
+def umask():
+    """``umask(mask)`` sets the process umask for one test; the old one is restored afterwards."""
+    old = os.umask(0o022)
+    yield os.umask
+    os.umask(old)
+
+
+def _mode(path: Path) -> int:
+    return stat.S_IMODE(path.stat().st_mode)
+
+
+@pytest.mark.parametrize("mask, file_mode, dir_mode", [(0o022, 0o644, 0o755), (0o077, 0o600, 0o700),
+                                                       (0o002, 0o664, 0o775)], ids=["022", "077", "002"])
+def test_written_files_and_folders_follow_the_umask(tmp_path, umask, mask, file_mode, dir_mode):
+    umask(mask)
+    report = write_json(tmp_path / "report.json", {"a": 1})
+    with atomic_path(tmp_path / "model.onnx", suffix=".onnx") as tmp:
+        tmp.write_bytes(b"onnx")
+    with staging_dir(tmp_path / "ir") as folder:
+        (folder / "model.xml").write_text("<xml/>")
+    assert _mode(report) == file_mode
+    assert _mode(tmp_path / "model.onnx") == file_mode
+    assert _mode(tmp_path / "ir") == dir_mode
+    assert _mode(tmp_path / "ir" / "model.xml") == file_mode
+
+
+def test_umask_is_left_unchanged(tmp_path, umask):
+    umask(0o027)
+    write_json(tmp_path / "a.json", {})
+    with staging_dir(tmp_path / "ir"):
+        pass
+    current = os.umask(0o022)
+    os.umask(current)
+    assert current == 0o027
+
+
+def _disk_full(*args, code: int = errno.ENOSPC, **kwargs):
+    raise OSError(code, os.strerror(code))
+
+
+def _leftovers(folder: Path, keep: set[str]) -> list[str]:
+    return sorted(p.name for p in folder.iterdir() if p.name not in keep)
+
+
+@pytest.mark.parametrize("code", [errno.ENOSPC, errno.EDQUOT], ids=["ENOSPC", "EDQUOT"])
+def test_full_disk_in_write_json_is_one_line_and_keeps_the_old_file(tmp_path, monkeypatch, code):
+    target = write_json(tmp_path / "report.json", {"old": True})
+    monkeypatch.setattr(Path, "write_text", lambda *args, **kwargs: _disk_full(code=code))
+    with pytest.raises(RunFolderError, match=r"^no space left on device while writing .*report\.json: free some space"):
+        write_json(target, {"new": True})
+    monkeypatch.undo()
+    assert json.loads(target.read_text()) == {"old": True}
+    assert _leftovers(tmp_path, {"report.json"}) == []
+
+
+def test_full_disk_in_atomic_path_block_keeps_the_old_file(tmp_path):
+    target = tmp_path / "model.onnx"
+    target.write_bytes(b"old model")
+    with pytest.raises(RunFolderError, match=r"no space left on device while writing .*model\.onnx") as info:
+        with atomic_path(target, suffix=".onnx") as tmp:
+            tmp.write_bytes(b"half a mod")
+            _disk_full()
+    assert "\n" not in str(info.value)
+    assert target.read_bytes() == b"old model"
+    assert _leftovers(tmp_path, {"model.onnx"}) == []
+
+
+def test_full_disk_in_staging_dir_keeps_the_old_folder(tmp_path):
+    final = tmp_path / "ir"
+    final.mkdir()
+    (final / "model.xml").write_text("old")
+    with pytest.raises(RunFolderError, match=r"no space left on device while writing .*ir: free some space"):
+        with staging_dir(final) as folder:
+            (folder / "model.xml").write_text("new")
+            _disk_full()
+    assert (final / "model.xml").read_text() == "old"
+    assert _leftovers(tmp_path, {"ir"}) == []
+
+
+def test_other_os_errors_are_not_reworded(tmp_path):
+    with pytest.raises(PermissionError):
+        with atomic_path(tmp_path / "x.json"):
+            raise PermissionError(errno.EACCES, "Permission denied")
+
+
+def test_umask_is_read_without_proc(monkeypatch, umask):
+    from edgetl import _io
+
+    def no_proc(*args, **kwargs):
+        raise FileNotFoundError(errno.ENOENT, "no /proc here")
+
+    umask(0o027)
+    monkeypatch.setattr(_io, "open", no_proc, raising=False)
+    assert _io.current_umask() == 0o027
+    monkeypatch.undo()
+    assert _io.current_umask() == 0o027
