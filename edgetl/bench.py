@@ -28,6 +28,7 @@ changes meaning or goes away (adding fields does not).
 from __future__ import annotations
 
 import base64
+import contextlib
 import html
 import importlib
 import json
@@ -46,7 +47,9 @@ import numpy as np
 from . import __version__
 from ._io import atomic_path, read_json, utc_now, write_json, write_text
 from .errors import ConfigError, DatasetError, MissingBackendError, RegressionError, RunFolderError
-from .manifest import MANIFEST_NAME, Manifest
+from .run.integrity import stale_reason, verified_file
+from .run.manifest import MANIFEST_NAME, Manifest
+from .run.stage import stage as run_stage
 from ._allocator import steady_allocator
 from .metrics import classification_metrics
 
@@ -105,6 +108,9 @@ class BenchConfig:
     """Bootstrap resamples for the confidence interval of the accuracy drop."""
     seed: int = 0
     """Seed for the bootstrap and the class-balanced ``limit`` sample."""
+    verify: bool = True
+    """Check every artifact against the sha256 its stage recorded before measuring it (False: measure edited
+    files as they are)."""
     steady_allocator: bool = True
     """Raise glibc's mmap/trim thresholds first so large activations are not page-faulted in on every
     call (PyTorch at batch >= 8 otherwise runs ~2x slower, by an amount that depends on process history)."""
@@ -169,6 +175,10 @@ class BenchTarget:
     """Precision the artifact was built for (from the manifest), e.g. fp32, fp16, int8."""
     format: str | None = None
     size_bytes: int | None = None
+    stage: str | None = None
+    """The manifest stage that recorded the artifact."""
+    stale: str | None = None
+    """Why the artifact no longer reflects its inputs (e.g. ONNX exported from an older checkpoint)."""
 
 
 @dataclass
@@ -247,6 +257,30 @@ def discover_artifacts(manifest: Manifest) -> list[BenchTarget]:
             targets.append(BenchTarget(artifact=path, runtime=runtime, key=key, precision=entry.get("precision"),
                                        format=entry.get("format"), size_bytes=_size_on_disk(path) or entry.get("bytes")))
     return targets
+
+
+def check_targets(targets: list[BenchTarget], verify: bool = True) -> dict[Path, dict[str, str]]:
+    """Check each artifact of a run against its recorded sha256 (an :class:`IntegrityError` names the first
+    mismatch) and mark the stale ones; the verified sha256s by run folder and run-relative path."""
+    manifests: dict[Path, Manifest] = {}
+    digests: dict[Path, dict[str, str]] = {}
+    for target in targets:
+        run_dir = find_run_dir(target.artifact.parent)
+        if run_dir is None:
+            continue
+        manifest = manifests.setdefault(run_dir.resolve(), Manifest.load(run_dir))
+        rel = target.artifact.resolve().relative_to(run_dir.resolve()).as_posix()
+        found = manifest.producer(rel)
+        if found is None:
+            if verify:
+                verified_file(manifest, rel)  # raises: an unrecorded file cannot be trusted
+            continue
+        target.stage = found[0]
+        target.stale = stale_reason(manifest, found[0])
+        companions = [rel[:-4] + ".bin"] if rel.endswith(".xml") and manifest.producer(rel[:-4] + ".bin") else []
+        for name in (rel, *companions):
+            digests.setdefault(run_dir.resolve(), {})[name] = verified_file(manifest, name, verify=verify)[1]
+    return digests
 
 
 def _manifest_entry(manifest: Manifest, path: Path) -> dict[str, Any]:
@@ -501,6 +535,7 @@ def benchmark(run_or_artifacts: str | Path | Sequence[str | Path], config: Bench
     inputs = [run_or_artifacts] if isinstance(run_or_artifacts, (str, Path)) else list(run_or_artifacts)
     previous = load_report(config.compare) if config.compare else None  # a bad file fails before measuring
     manifest, raw_targets, is_run = _load_manifests(inputs)
+    digests = check_targets(raw_targets, config.verify)
     targets = expand_variants(raw_targets, config)
     if not targets:
         raise ConfigError(f"no artifacts left to benchmark (runtimes={config.runtimes})")
@@ -513,9 +548,9 @@ def benchmark(run_or_artifacts: str | Path | Sequence[str | Path], config: Bench
         {find_run_dir(t.artifact.parent) for t in raw_targets}) == 1 else Path("bench"))
     # record the stage when the reports land inside the (single) run folder, so verify() stays true
     record = out_dir.resolve().is_relative_to(manifest.run_dir.resolve())
-    if record:
-        manifest.begin(STAGE, {**asdict(config), "artifacts": [t.key for t in targets]})
-    try:
+    with (run_stage(manifest, STAGE, {**asdict(config), "artifacts": [t.key for t in targets]},
+                    digests.get(manifest.run_dir.resolve(), {}), busy_hint="another bench of it is running")
+          if record else contextlib.nullcontext()) as st:
         report = _measure(targets, manifest, images, labels, data_source, config, progress, create_runner,
                           progress_bar)
         report["device"] = device_fingerprint()
@@ -523,14 +558,10 @@ def benchmark(run_or_artifacts: str | Path | Sequence[str | Path], config: Bench
         if config.compare:
             report["comparison"] = compare_reports(previous, report, config.fail_on_regression)
         files = write_reports(report, out_dir)
-    except BaseException as exc:
-        if record:
-            manifest.fail(STAGE, f"{type(exc).__name__}: {exc}"[:300])
-        raise
-    if record:
-        for path in files.values():
-            manifest.add_artifact(STAGE, path)
-        manifest.finish(STAGE, _summary_metrics(report))
+        if st is not None:
+            for path in files.values():
+                st.artifact(path)
+            st.metrics.update(_summary_metrics(report))
     result = BenchReport(report, out_dir, files)
     if config.fail_on_regression is not None and result.regressions:
         worst = max(result.regressions, key=lambda r: r["change_pct"])
@@ -553,7 +584,7 @@ def _measure(targets, manifest, images, labels, data_source, config, progress, c
                "format": target.format, "variant": target.variant, "options": target.options,
                "precision_artifact": target.precision, "precision_executed": None, "size_bytes": target.size_bytes,
                "status": "ok", "reason": None, "load_s": None, "load_rss_delta_mb": None, "runner": None,
-               "latency": [], "memory": None, "accuracy": None, "vs_reference": None}
+               "latency": [], "memory": None, "accuracy": None, "vs_reference": None, "stale": target.stale}
         results.append(res)
         try:
             try:
@@ -570,7 +601,7 @@ def _measure(targets, manifest, images, labels, data_source, config, progress, c
             info = runner.describe()
             res["runner"] = info.to_dict()
             res["precision_executed"] = info.precision
-            res["label"] = _label(target, info.precision)
+            res["label"] = _label(target, info.precision) + (" [stale]" if target.stale else "")
             probe = runner.infer(images[:1])
             if probe.ndim != 2 or probe.shape[1] != len(classes):
                 raise DatasetError(f"{target.artifact} outputs {probe.shape[1:]} scores per image but the run has "
@@ -693,6 +724,9 @@ def _notes(results, reference, config, n_images) -> list[str]:
                          f"on {n_images} images -> {verdict}")
         if res["status"] != "ok":
             notes.append(f"{res['key']} {res['status']}: {res['reason']}")
+        if res.get("stale"):
+            notes.append(f"{res['key']} is stale ({res['stale']}): its numbers describe an older model; "
+                         "re-export it before trusting them")
     if n_images < 300 and config.accuracy:
         notes.append(f"{n_images} evaluation images: one image is {100 / n_images:.2f} pts of accuracy, so small "
                      "drops cannot be resolved")

@@ -57,7 +57,7 @@ def cli(verbose: bool) -> None:
 @click.option("-o", "--output", type=click.Path(path_type=Path), help="Run folder [default: runs/DATA-MODEL].")
 @click.option("--strategy", type=click.Choice(["linear-probe", "full", "gradual"]), default="full", show_default=True,
               help="linear-probe: frozen backbone; full: train everything; gradual: unfreeze from the top.")
-@click.option("--epochs", type=click.IntRange(min=1), default=10, show_default=True)
+@click.option("--epochs", type=click.IntRange(min=1), help="Training epochs [default: 10; with --resume: extend to N].")
 @click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True)
 @click.option("--lr", type=float, help="Head learning rate [default: 3e-3 linear-probe, 1e-3 otherwise].")
 @click.option("--optimizer", type=click.Choice(["adamw", "sgd"]), default="adamw", show_default=True)
@@ -80,7 +80,9 @@ def cli(verbose: bool) -> None:
 @click.option("--save-every-epoch", is_flag=True, help="Keep a checkpoint file for every epoch.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing run folder.")
 @click.option("--resume", "resume_dir", type=click.Path(path_type=Path),
-              help="Continue the interrupted run in this folder (other options come from its manifest).")
+              help="Continue the run in this folder with its recorded options, data order and RNG state; "
+                   "--epochs extends it; only --epochs, --patience, --workers, --threads, --save-every-epoch "
+                   "may change.")
 @handle_errors
 def finetune(data, model, output, strategy, epochs, batch_size, lr, optimizer, weights, no_pretrained, val,
              val_fraction, image_size, label_smoothing, patience, no_augment, no_cache, strict, seed, workers,
@@ -88,18 +90,22 @@ def finetune(data, model, output, strategy, epochs, batch_size, lr, optimizer, w
     """Fine-tune a pretrained backbone on an image folder (DATA/CLASS/*.jpg or DATA/{train,val}/CLASS)."""
     from . import finetune as ft
 
+    fields = dict(
+        data=str(data) if data else None, model=model, weights=str(weights) if weights else None,
+        pretrained=not no_pretrained, strategy=strategy, epochs=epochs, batch_size=batch_size, lr=lr,
+        optimizer=optimizer, val=str(val) if val else None, val_fraction=val_fraction, image_size=image_size,
+        label_smoothing=label_smoothing, patience=patience or None, augment=not no_augment,
+        cache_features=not no_cache, strict=strict, seed=seed, workers=workers, threads=threads,
+        freeze_bn=freeze_bn, save_every_epoch=save_every_epoch)
     if resume_dir is not None:
-        result = ft.resume(resume_dir, epochs=epochs if epochs != 10 else None)
+        if output is not None or overwrite:
+            raise click.UsageError("--resume continues RUN in place: -o/--overwrite do not apply")
+        result = ft.resume(resume_dir, changes=_given_options(fields))
     else:
         if data is None:
             raise click.UsageError("DATA is required (or --resume RUN)")
-        config = ft.FinetuneConfig(
-            data=str(data), output=str(output or ""), model=model, weights=str(weights) if weights else None,
-            pretrained=not no_pretrained, strategy=strategy, epochs=epochs, batch_size=batch_size, lr=lr,
-            optimizer=optimizer, val=str(val) if val else None, val_fraction=val_fraction, image_size=image_size,
-            label_smoothing=label_smoothing, patience=patience or None, augment=not no_augment,
-            cache_features=not no_cache, strict=strict, seed=seed, workers=workers, threads=threads,
-            freeze_bn=freeze_bn, save_every_epoch=save_every_epoch)
+        config = ft.FinetuneConfig(output=str(output or ""),
+                                   **{k: v for k, v in fields.items() if not (k == "epochs" and v is None)})
         result = ft.finetune(config, overwrite=overwrite)
     m = result.metrics
     top5 = f"top-5 {100 * m['top5']:.2f}%  " if m["top5"] is not None else ""
@@ -107,6 +113,22 @@ def finetune(data, model, output, strategy, epochs, batch_size, lr, optimizer, w
                f"best epoch {m['best_epoch']}/{m['epochs_run']}  {m['wall_time_s']:.0f} s")
     for name, acc in m["per_class"].items():
         click.echo(f"  {name:<24} {100 * acc:6.2f}%" if acc is not None else f"  {name:<24}   n/a")
+
+
+# CLI parameter -> config field, where the names differ
+_PARAM_FIELDS = {"no_pretrained": "pretrained", "no_augment": "augment", "no_cache": "cache_features"}
+
+
+def _given_options(fields: dict) -> dict:
+    """The config fields whose options were typed on the command line (not defaults)."""
+    ctx = click.get_current_context()
+    given = {}
+    for param in ctx.command.params:
+        if ctx.get_parameter_source(param.name) == click.core.ParameterSource.COMMANDLINE:
+            name = _PARAM_FIELDS.get(param.name, param.name)
+            if name in fields:
+                given[name] = fields[name]
+    return given
 
 
 @cli.command()
@@ -129,37 +151,48 @@ def finetune(data, model, output, strategy, epochs, batch_size, lr, optimizer, w
               help="Calibration images, sampled class-balanced.")
 @click.option("--max-drop", type=click.FloatRange(0, 100),
               help="Allowed val top-1 drop vs the PyTorch float model, in points (INT8 then uses accuracy control).")
+@click.option("--no-verify", is_flag=True,
+              help="Use run files whose sha256 no longer matches the manifest (you edited them on purpose).")
 @handle_errors
 def export(run, opset, static_batch, no_simplify, exporter, atol, rtol, parity_images, data, target, precision,
-           calib_data, calib_size, max_drop) -> None:
+           calib_data, calib_size, max_drop, no_verify) -> None:
     """Export a fine-tuned RUN to ONNX and check it against PyTorch on real images.
 
     With --target, also build the device artifact (e.g. OpenVINO IR in RUN/intel-cpu/int8/); the
-    ONNX export runs first only if the run has none yet.
+    ONNX export runs first only if the run has none yet, or when its ONNX is stale (exported from an
+    older checkpoint). Every run file used is checked against its recorded sha256 first.
     """
     from .export import ExportConfig, export_onnx
-    from .manifest import Manifest
+    from .run import Manifest, stale_reason
 
-    if target is not None and Manifest.load(run).completed("onnx"):
-        return _build_target(run, target, precision, calib_data, calib_size, max_drop, data)
+    if target is not None:  # an unknown target or precision fails before any work
+        from .profiles import load_target
 
-    config = ExportConfig(opset=opset, dynamic_batch=not static_batch, simplify=not no_simplify, exporter=exporter,
-                          atol=atol, rtol=rtol, parity_images=parity_images, data=str(data) if data else None)
-    result = export_onnx(run, config)
-    m = result.metrics
-    click.echo(f"{result.path}: max |ONNX - PyTorch| {m['max_abs_diff']:.2e}, top-1 agreement "
-               f"{100 * m['top1_agreement']:.1f}% on {m['parity_images']} images"
-               + (f" ({m['tie_flips']} numerical tie(s))" if m["tie_flips"] else ""))
+        load_target(target).check_precision(precision)
+    manifest = Manifest.load(run)
+    reuse = target is not None and manifest.completed("onnx")
+    if reuse and (stale := stale_reason(manifest, "onnx")):
+        click.echo(f"note: {run}/onnx/model.onnx is stale ({stale}): exporting it again", err=True)
+        reuse = False
+    if not reuse:
+        config = ExportConfig(opset=opset, dynamic_batch=not static_batch, simplify=not no_simplify,
+                              exporter=exporter, atol=atol, rtol=rtol, parity_images=parity_images,
+                              data=str(data) if data else None)
+        result = export_onnx(run, config, verify=not no_verify)
+        m = result.metrics
+        click.echo(f"{result.path}: max |ONNX - PyTorch| {m['max_abs_diff']:.2e}, top-1 agreement "
+                   f"{100 * m['top1_agreement']:.1f}% on {m['parity_images']} images"
+                   + (f" ({m['tie_flips']} numerical tie(s))" if m["tie_flips"] else ""))
     if target is not None:
-        _build_target(run, target, precision, calib_data, calib_size, max_drop, data)
+        _build_target(run, target, precision, calib_data, calib_size, max_drop, data, not no_verify)
 
 
-def _build_target(run, target, precision, calib_data, calib_size, max_drop, data) -> None:
+def _build_target(run, target, precision, calib_data, calib_size, max_drop, data, verify) -> None:
     from .build import TargetBuildConfig, build_target
 
     built = build_target(run, TargetBuildConfig(
         target=target, precision=precision, calib_data=str(calib_data) if calib_data else None,
-        calib_size=calib_size, max_drop=max_drop, data=str(data) if data else None))
+        calib_size=calib_size, max_drop=max_drop, data=str(data) if data else None), verify=verify)
     m = built.metrics
     click.echo(f"{built.path}: top-1 {100 * m['top1']:.2f}% (float {100 * m['float_top1']:.2f}%, drop "
                f"{m['drop_points']:.2f} points), runs in {m['executed_precision']}, batch-1 p50 {m['latency_p50_ms']} ms")
@@ -227,9 +260,12 @@ def demo(output: Path, data: Path | None, quick: bool) -> None:
 @click.option("--compare", type=click.Path(path_type=Path), help="Earlier report.json to compare latencies with.")
 @click.option("--fail-on-regression", type=click.FloatRange(min=0), metavar="PCT",
               help="With --compare: exit 3 when any p50 got slower by more than PCT percent.")
+@click.option("--no-verify", is_flag=True,
+              help="Measure artifacts whose sha256 no longer matches the manifest (edited on purpose).")
 @handle_errors
 def bench(inputs, data, batch, warmup, iterations, rounds, round_time, threads, streams, performance_hint,
-          no_true_fp32, runtimes, limit, no_accuracy, no_memory, output, compare, fail_on_regression) -> None:
+          no_true_fp32, runtimes, limit, no_accuracy, no_memory, output, compare, fail_on_regression,
+          no_verify) -> None:
     """Latency and accuracy drop of every artifact of a RUN (or of artifact files), side by side."""
     from rich.console import Console
 
@@ -241,7 +277,7 @@ def bench(inputs, data, batch, warmup, iterations, rounds, round_time, threads, 
         round_time_s=round_time, threads=threads, streams=streams, performance_hint=performance_hint,
         true_fp32=not no_true_fp32, runtimes=tuple(runtimes) or None, limit=limit, accuracy=not no_accuracy,
         memory=not no_memory, data=str(data) if data else None, output=str(output) if output else None,
-        compare=str(compare) if compare else None, fail_on_regression=fail_on_regression)
+        compare=str(compare) if compare else None, fail_on_regression=fail_on_regression, verify=not no_verify)
     target = inputs[0] if len(inputs) == 1 else list(inputs)
     console = Console(width=None if sys.stdout.isatty() else 220)  # results on stdout, never wrapped in pipes
     try:
@@ -259,6 +295,31 @@ def bench(inputs, data, batch, warmup, iterations, rounds, round_time, threads, 
     if report.failed:
         raise EdgetlError(f"{len(report.failed)} artifact(s) failed: "
                           + "; ".join(f"{r['key']}: {r['reason']}" for r in report.failed))
+
+
+@cli.command()
+@click.argument("run", type=click.Path(path_type=Path))
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+@handle_errors
+def status(run: Path, as_json: bool) -> None:
+    """What a RUN holds: each stage, and whether its files are current, stale, modified or missing.
+
+    Exits 0 when every stage is current, 4 when something needs re-running.
+    """
+    import json
+
+    from .run import run_status
+
+    states = run_status(run)
+    if as_json:
+        click.echo(json.dumps([s.to_dict() for s in states], indent=2))
+    else:
+        width = max([len(s.stage) for s in states] + [5])
+        click.echo(f"{'stage':<{width}}  {'recorded':<13}  {'state':<9}  detail")
+        for s in states:
+            click.echo(f"{s.stage:<{width}}  {s.status:<13}  {s.state:<9}  {s.detail}")
+    if any(s.state != "current" for s in states):
+        sys.exit(4)
 
 
 def main() -> None:

@@ -21,7 +21,7 @@ from .manifest import COMPLETE, Manifest
 def rerun_hint(stage: str, run_dir: Path) -> str:
     """The command that (re)produces ``stage``."""
     if stage == "finetune":
-        return f"edgetl finetune --resume {run_dir} (or fine-tune again with --overwrite)"
+        return f"edgetl finetune DATA -o {run_dir} --overwrite"
     if stage == "onnx":
         return f"edgetl export {run_dir}"
     if stage == "bench":
