@@ -157,3 +157,100 @@ def test_metrics_json_has_history(split_folder: Path, tmp_path: Path):
     finetune(config(split_folder, tmp_path / "run"), progress=False)
     data = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert len(data["history"]) == 2 and "confusion_matrix" in data["final"]
+
+
+# -- the run folder as a contract (issue 7) ---------------------------------------------------------------
+KILL_AFTER_FIRST_EPOCH = """
+import os, signal
+from edgetl.finetune import FinetuneConfig, _Trainer, finetune
+original = _Trainer._save_training_state
+def die_in_second_epoch(self):
+    if self.epoch == 2:
+        os.kill(os.getpid(), signal.SIGKILL)  # kill -9 before epoch 2 is saved: no cleanup, no manifest update
+    original(self)
+_Trainer._save_training_state = die_in_second_epoch
+finetune(FinetuneConfig(**{config}), progress=False)
+"""
+
+
+@pytest.mark.parametrize("strategy,workers", [("full", 0), ("full", 1), ("linear-probe", 0)])
+def test_kill_9_then_resume_equals_an_uninterrupted_run(split_folder: Path, tmp_path: Path, strategy, workers):
+    """Bit for bit: the data order, augmentations and dropout of epochs 2-3 do not depend on the restart."""
+    import signal
+    import subprocess
+    import sys
+
+    settings = dict(data=str(split_folder), model="mobilenet_v3_small", pretrained=False, image_size=32, epochs=3,
+                    batch_size=4, workers=workers, patience=None, strategy=strategy, threads=1)
+    finetune(FinetuneConfig(**settings, output=str(tmp_path / "straight")), progress=False)
+    killed = tmp_path / "killed"
+    script = KILL_AFTER_FIRST_EPOCH.format(config=repr({**settings, "output": str(killed)}))
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr[-2000:]
+    assert Manifest.load(killed).stage("finetune")["status"] == "running"  # never claims success
+    assert torch.load(killed / "checkpoints" / "last.pt", weights_only=True)["epoch"] == 1
+    resume(killed, progress=False)
+    a = torch.load(tmp_path / "straight" / "checkpoints" / "last.pt", weights_only=True)
+    b = torch.load(killed / "checkpoints" / "last.pt", weights_only=True)
+    assert a["epoch"] == b["epoch"] == 3
+    for name, tensor in a["model"].items():
+        assert torch.equal(tensor, b["model"][name]), name
+    assert [h["train_loss"] for h in a["history"]] == [h["train_loss"] for h in b["history"]]
+
+
+def test_resume_is_refused_while_the_run_trains(split_folder: Path, tmp_path: Path):
+    from edgetl.errors import RunBusyError
+    from edgetl.run.lock import StageLock
+
+    finetune(config(split_folder, tmp_path / "run", epochs=1), progress=False)
+    with StageLock(tmp_path / "run", "finetune"):  # what a training process holds (a separate open file)
+        with pytest.raises(RunBusyError, match="being written by another edgetl process"):
+            resume(tmp_path / "run", epochs=3, progress=False)
+        with pytest.raises(RunBusyError):
+            finetune(config(split_folder, tmp_path / "run", epochs=1), overwrite=True, progress=False)
+    assert resume(tmp_path / "run", epochs=2, progress=False).metrics["epochs_run"] == 2
+
+
+def test_overwrite_keeps_the_old_run_when_the_new_one_fails_early(split_folder: Path, tmp_path: Path, monkeypatch):
+    finetune(config(split_folder, tmp_path / "run", epochs=1), progress=False)
+    before = (tmp_path / "run" / "checkpoint.pt").read_bytes()
+
+    def boom(self, progress, task):
+        raise RuntimeError("out of memory")
+
+    monkeypatch.setattr(_Trainer, "_train_epoch", boom)
+    with pytest.raises(RuntimeError):
+        finetune(config(split_folder, tmp_path / "run", epochs=1), overwrite=True, progress=False)
+    assert (tmp_path / "run" / "checkpoint.pt").read_bytes() == before
+    assert Manifest.load(tmp_path / "run").completed("finetune")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run", "split"]  # no staging folder left
+
+
+def test_dataset_paths_are_recorded_resolved(split_folder: Path, tmp_path: Path, monkeypatch):
+    from edgetl.data import run_eval_samples
+
+    monkeypatch.chdir(split_folder.parent)
+    finetune(config(Path(split_folder.name), Path("run"), epochs=1), progress=False)
+    monkeypatch.chdir(tmp_path.parent)  # later commands run from elsewhere
+    manifest = Manifest.load(tmp_path / "run")
+    assert manifest.stage("finetune")["options"]["data"] == str(split_folder.resolve())
+    assert manifest.data["dataset"]["root"] == str(split_folder.resolve())
+    assert len(run_eval_samples(manifest)) == 8
+
+
+def test_default_output_never_lands_inside_the_data(image_folder: Path, tmp_path: Path, monkeypatch):
+    monkeypatch.chdir(image_folder)  # a flat dataset: DATA/CLASS/*.png, working inside it
+    result = finetune(config(Path("."), "", epochs=1), progress=False)
+    assert result.run_dir == tmp_path / "runs" / "data-mobilenet_v3_small"
+    assert sorted(p.name for p in image_folder.iterdir()) == ["cats", "dogs"]
+
+
+def test_a_last_batch_of_one_image_does_not_break_batchnorm(tmp_path: Path):
+    from edgetl.data import load_splits
+
+    data = make_image_folder(tmp_path / "data", per_class=10)
+    (data / "dogs" / "009.png").unlink()
+    assert len(load_splits(data, val_fraction=0.1).train) % 4 == 1  # precondition: 17 images at batch 4
+    cfg = config(data, tmp_path / "run", val_fraction=0.1, batch_size=4, epochs=1, freeze_bn=False)
+    result = finetune(cfg, progress=False)  # BatchNorm in training mode cannot take a batch of one image
+    assert result.metrics["epochs_run"] == 1
