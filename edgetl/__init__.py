@@ -9,11 +9,17 @@ __version__ = "0.1.0"
 
 _LAZY = {
     "finetune": "edgetl.finetune:finetune",
+    "resume": "edgetl.finetune:resume",
     "FinetuneConfig": "edgetl.finetune:FinetuneConfig",
     "export_onnx": "edgetl.export:export_onnx",
     "ExportConfig": "edgetl.export:ExportConfig",
     "build_model": "edgetl.models:build_model",
-    "Manifest": "edgetl.manifest:Manifest",
+    "build_target": "edgetl.build:build_target",
+    "TargetBuildConfig": "edgetl.build:TargetBuildConfig",
+    "benchmark": "edgetl.bench:benchmark",
+    "BenchConfig": "edgetl.bench:BenchConfig",
+    "Manifest": "edgetl.run:Manifest",
+    "run_status": "edgetl.run:run_status",
     "PreprocessSpec": "edgetl.preprocessing:PreprocessSpec",
     "run_demo": "edgetl.demo:run_demo",
 }

@@ -35,11 +35,21 @@ def disk_full_is_an_error(path: str | os.PathLike[str]) -> Iterator[None]:
     """Turn "no space left" (ENOSPC, EDQUOT) raised in the block into a one-line :class:`RunFolderError`."""
     try:
         yield
-    except OSError as exc:
-        if exc.errno not in _DISK_FULL:
+    except (OSError, RuntimeError) as exc:
+        if not (exc.errno in _DISK_FULL if isinstance(exc, OSError) else _writer_hit_full_disk(exc, path)):
             raise
         raise RunFolderError(f"no space left on device while writing {path}: free some space and run the command "
                              "again") from exc
+
+
+def _writer_hit_full_disk(exc: RuntimeError, path: str | os.PathLike[str]) -> bool:
+    """torch.save and OpenVINO report a full disk as a RuntimeError about a failed write."""
+    if "writ" not in str(exc).lower():
+        return False
+    try:
+        return shutil.disk_usage(Path(path).parent).free < 16 * 2**20
+    except OSError:
+        return False
 
 
 @contextlib.contextmanager

@@ -111,3 +111,21 @@ def test_umask_is_read_without_proc(monkeypatch, umask):
     assert _io.current_umask() == 0o027
     monkeypatch.undo()
     assert _io.current_umask() == 0o027
+
+
+def test_torch_save_on_a_full_disk_is_one_line(tmp_path: Path, monkeypatch):
+    """torch.save reports ENOSPC as a RuntimeError about a failed write, not as an OSError."""
+    import shutil
+
+    from edgetl._io import atomic_path
+
+    usage = shutil.disk_usage(tmp_path)
+    monkeypatch.setattr(shutil, "disk_usage", lambda p: usage._replace(free=4096))
+    with pytest.raises(RunFolderError, match="no space left on device"):
+        with atomic_path(tmp_path / "checkpoint.pt") as tmp:
+            tmp.write_bytes(b"partial")
+            raise RuntimeError("[enforce fail at inline_container.cc:603] . PytorchStreamWriter failed writing file")
+    assert list(tmp_path.iterdir()) == []
+    with pytest.raises(RuntimeError, match="shape mismatch"):  # other errors keep their own message
+        with atomic_path(tmp_path / "checkpoint.pt"):
+            raise RuntimeError("shape mismatch")
