@@ -11,20 +11,18 @@ speed-up ratios are taken within each round.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import statistics
 import time
 from pathlib import Path
 
-import numpy as np
 
 from edgetl._io import write_json
 from edgetl.backends.openvino import OpenVINORunner
-from edgetl.build import TargetBuildConfig, _torch_top1, build_target
-from edgetl.data import load_array, run_eval_samples
-from edgetl.manifest import Manifest, library_versions
+from edgetl.build import TargetBuildConfig, build_target, checkpoint_top1, runner_top1
+from edgetl.data import EvalImages, run_eval_samples
+from edgetl.run import Manifest, library_versions
 from edgetl.preprocessing import PreprocessSpec
 
 # variant -> (IR precision, runner options)
@@ -56,16 +54,17 @@ def main() -> None:
             builds[precision] = result.metrics
     manifest = Manifest.load(args.run)
     spec = PreprocessSpec.from_dict(manifest.data["preprocessing"])
-    images, labels = load_array(run_eval_samples(manifest), spec)
-    float_top1 = _torch_top1(Path(args.run), images, labels)
+    images = EvalImages(run_eval_samples(manifest), spec)
+    labels = images.labels
+    reference_top1 = checkpoint_top1(Path(args.run), images, labels)
 
     runners = {name: OpenVINORunner(Path(args.run) / "intel-cpu" / ir / "model.xml", performance_hint="LATENCY",
                                     **options).load() for name, (ir, options) in VARIANTS.items()}
     rows = {}
     for name, runner in runners.items():
-        hits = sum(int(runner.infer(images[i:i + 1]).argmax(1)[0] == labels[i]) for i in range(len(labels)))
+        top1 = runner_top1(runner, images, labels)
         info = runner.describe()
-        rows[name] = {"top1": hits / len(labels), "drop_points": round(100 * (float_top1 - hits / len(labels)), 3),
+        rows[name] = {"top1": top1, "drop_points": round(100 * (reference_top1 - top1), 3),
                       "executed_precision": info.precision,
                       "inference_precision_hint": info.extra["inference_precision_hint"],
                       "compute_layers": info.extra["compute_layers"], "threads": info.threads, "round_p50_ms": []}
@@ -94,14 +93,14 @@ def main() -> None:
 
     result = {
         "run": str(args.run), "model": manifest.model.get("name"), "val_images": int(len(labels)),
-        "input_size": spec.input_size, "pytorch_float_top1": float_top1, "variants": rows, "builds": builds,
+        "input_size": spec.input_size, "pytorch_float_top1": reference_top1, "variants": rows, "builds": builds,
         "timing": {"batch": 1, "rounds": args.rounds, "iterations": args.iterations, "warmup": args.warmup,
                    "interleaved": True, "loadavg_before": load_before, "loadavg_after": os.getloadavg()},
         "machine": {"cpu": _cpu_name(), "cores": os.cpu_count(), "platform": platform.platform()},
         "versions": library_versions(),
     }
     write_json(args.output, result)
-    print(f"{manifest.model.get('name')} on {len(labels)} val images; PyTorch float top-1 {100 * float_top1:.2f}%")
+    print(f"{manifest.model.get('name')} on {len(labels)} val images; PyTorch float top-1 {100 * reference_top1:.2f}%")
     print(f"{'variant':<19}{'runs in':<10}{'top-1':>8}{'drop':>8}{'p50 ms':>9}{'x true FP32':>13}")
     for name, row in rows.items():
         print(f"{name:<19}{row['executed_precision']:<10}{100 * row['top1']:>7.2f}%{row['drop_points']:>8.2f}"

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import json
 import platform
 import time
 from pathlib import Path
@@ -75,12 +74,12 @@ def main() -> None:
     batches = parse_batch_sizes(args.batch)
 
     from edgetl.data import load_array, run_eval_samples
-    from edgetl.manifest import Manifest
     from edgetl.preprocessing import PreprocessSpec
+    from edgetl.run import Manifest
 
     manifest = Manifest.load(args.run)
-    images, _ = load_array(run_eval_samples(manifest), PreprocessSpec.from_dict(manifest.data["preprocessing"]),
-                           limit=max(batches))
+    images, _ = load_array(run_eval_samples(manifest), PreprocessSpec.from_dict(manifest.preprocessing),
+                           limit=max(batches))  # only the largest latency batch is kept in memory
     half = max(1, args.rounds // 2)
     before = plain_baselines(args.run, images, batches, half, args.iterations)
     report = benchmark(args.run, BenchConfig(batch_sizes=batches, rounds=args.rounds, iterations=args.iterations))

@@ -19,12 +19,13 @@ from typing import Any
 import numpy as np
 
 from ._io import staging_dir, write_json
-from .errors import AccuracyBudgetError, ConfigError, RunFolderError, TargetError
+from .errors import AccuracyBudgetError, ConfigError, RunFolderError
 from .export import CHECKPOINT, ONNX_FILE
 from .run.integrity import require_current
 from .run.manifest import Manifest, library_versions
 from .run.stage import stage, verify_inputs
 from .profiles import TargetProfile, load_target
+from .toolchains import SavedArtifact, Toolchain, get_toolchain
 
 log = logging.getLogger(__name__)
 BUDGET_MISSED = "budget-missed"
@@ -89,56 +90,51 @@ def build_target(run_dir: str | Path, config: TargetBuildConfig | None = None, *
     config = config or TargetBuildConfig()
     profile = load_target(config.target)
     precision = profile.check_precision(config.precision)
-    builder = _BUILDERS.get(profile.runtime)
-    if builder is None:
-        raise TargetError(f"target {profile.name} needs runtime {profile.runtime!r}, which edgetl cannot build for yet")
+    toolchain = get_toolchain(profile.toolchain)
+    if precision == "int8":  # a typo in the profile's quantization block fails before any work
+        from .compress.quantize import get_backend
+
+        get_backend(toolchain.quantizer).settings(profile.quantization, f"{profile.name}.yaml")
     manifest = Manifest.load(run_dir)
     manifest.require("onnx", f"run `edgetl export {run_dir}` first")
     require_current(manifest, "onnx")
     inputs = verify_inputs(manifest, [ONNX_FILE, CHECKPOINT], verify=verify)
-    return builder(manifest.run_dir, manifest, profile, precision, config, inputs)
+    return _build(manifest.run_dir, manifest, profile, precision, config, inputs, toolchain)
 
 
-# -- OpenVINO -----------------------------------------------------------------------------
+# -- the generic build ----------------------------------------------------------------------
 
-def _build_openvino(run_dir: Path, manifest: Manifest, profile: TargetProfile, precision: str,
-                    config: TargetBuildConfig, inputs: dict[str, str]) -> TargetBuildResult:
-    from .backends.openvino import convert_onnx, import_openvino
+def _build(run_dir: Path, manifest: Manifest, profile: TargetProfile, precision: str, config: TargetBuildConfig,
+           inputs: dict[str, str], toolchain: Toolchain) -> TargetBuildResult:
     from .compress import quantize as q
-    from .data import load_array, run_eval_samples
+    from .data import EvalImages, run_eval_samples
     from .preprocessing import PreprocessSpec
 
-    import_openvino()  # fail with the install hint before any work
-    if precision == "int8":
-        q.import_nncf()
+    toolchain.check(precision)  # the install hint before any work
     spec = PreprocessSpec.from_dict(manifest.preprocessing)
-    images, labels = load_array(run_eval_samples(manifest, config.data), spec)
+    images = EvalImages(run_eval_samples(manifest, config.data), spec)  # decoded a batch at a time
     calib = (q.calibration_samples(manifest, config.calib_data, config.calib_size, config.seed)
              if precision == "int8" else [])
-    float_top1 = _torch_top1(run_dir, images, labels)
-    name = stage_name(profile.name, precision)
-    final = run_dir / profile.name / precision
-    # the runner settings an app should use: a true FP32 artifact needs the f32 hint on BF16 CPUs
-    runner_options = {**profile.runner_options, **({"precision_hint": "f32"} if precision == "fp32" else {})}
+    float_top1 = checkpoint_top1(run_dir, images, images.labels)
+    name, final = stage_name(profile.name, precision), run_dir / profile.name / precision
+    build = _Build(toolchain, manifest, profile, precision, config, toolchain.runner_options(profile, precision),
+                   images, float_top1)
     options = {**asdict(config), "precision": precision, "target": profile.name}
     with stage(manifest, name, options, inputs, busy_hint="another build of it is running") as st:
         start = time.perf_counter()
-        float_model = convert_onnx(run_dir / ONNX_FILE)
-        model, extra = float_model, {}
-        if precision == "int8":
-            model, extra = _quantize(float_model, calib, spec, images, labels, float_top1, profile, config,
-                                     runner_options)
-        build = _Build(manifest, profile, precision, config, runner_options, images, labels, float_top1,
-                       time.perf_counter() - start)
+        float_model = toolchain.convert(run_dir / ONNX_FILE)
+        model, quantized = (build.quantize(float_model, calib, spec) if precision == "int8" else (float_model, {}))
+        build.build_s = time.perf_counter() - start
         with staging_dir(final) as tmp:
-            metrics = build.write(tmp, float_model, model, extra)
-        st.artifact(final / "model.xml", runtime="openvino", precision=precision, format="openvino-ir",
-                    device=profile.device, executed_precision=metrics["executed_precision"],
-                    runner_options=runner_options)
-        st.artifact(final / "model.bin", format="openvino-weights")
-        for extra_file in ("sensitivity.json", "build.json"):
-            if (final / extra_file).is_file():
-                st.artifact(final / extra_file)
+            saved, metrics = build.write(tmp, float_model, model, quantized)
+        for i, artifact in enumerate(saved):
+            record = {**artifact.record, **({"runtime": toolchain.runtime, "precision": precision,
+                                             "device": profile.device, "runner_options": build.runner_options,
+                                             "executed_precision": metrics["executed_precision"]} if i == 0 else {})}
+            st.artifact(final / artifact.name, **record)
+        for report in ("sensitivity.json", "build.json"):
+            if (final / report).is_file():
+                st.artifact(final / report)
         st.metrics.update(metrics)
         missed = config.max_drop is not None and metrics["drop_points"] > config.max_drop
         st.status = BUDGET_MISSED if missed else "complete"
@@ -148,118 +144,91 @@ def _build_openvino(run_dir: Path, manifest: Manifest, profile: TargetProfile, p
             f"({100 * metrics['top1']:.2f}% vs float {100 * float_top1:.2f}%); the best model found is kept in "
             f"{final} (status budget-missed). Try more or more representative --calib-data, a larger --max-drop, "
             "or fp16")
-    log.info("wrote %s: top-1 %.2f%% (drop %.2f points), runs in %s, p50 %.2f ms", final / "model.xml",
+    log.info("wrote %s: top-1 %.2f%% (drop %.2f points), runs in %s, p50 %.2f ms", final / saved[0].name,
              100 * metrics["top1"], metrics["drop_points"], metrics["executed_precision"],
              metrics["latency_p50_ms"] or float("nan"))
-    return TargetBuildResult(name, final / "model.xml", "complete", metrics)
+    return TargetBuildResult(name, final / saved[0].name, "complete", metrics)
 
 
 @dataclass
 class _Build:
-    """What an OpenVINO build writes into its staging folder, measured from the files as saved."""
+    """One target build: quantize within the budget, then save and measure the files as saved."""
 
+    toolchain: Toolchain
     manifest: Manifest
     profile: TargetProfile
     precision: str
     config: TargetBuildConfig
     runner_options: dict[str, Any]
-    images: np.ndarray
-    labels: np.ndarray
+    images: Any
+    """:class:`~edgetl.data.EvalImages` (or an NCHW array)."""
     float_top1: float
-    build_s: float
+    build_s: float = 0.0
 
-    def write(self, tmp: Path, float_model: Any, model: Any, extra: dict[str, Any]) -> dict[str, Any]:
-        from .backends.openvino import OpenVINORunner, save_ir
+    def _runner(self, model_or_path: Any) -> Any:
+        return self.toolchain.runner(model_or_path, self.profile.device, self.runner_options)
+
+    def quantize(self, float_model: Any, calib: list, spec: Any) -> tuple[Any, dict[str, Any]]:
         from .compress import quantize as q
 
-        cfg, images, labels = self.config, self.images, self.labels
-        save_ir(model, tmp / "model.xml", compress_to_fp16=self.precision == "fp16")
-        # metrics come from the files as saved, run as an app would run them
-        with OpenVINORunner(tmp / "model.xml", **self.runner_options) as runner:
-            top1 = _top1(runner, images, labels)
-            info = runner.describe()
-            runner_layers = runner.layer_precisions()
-            layer_precisions = runner.layer_precisions(original_names=True)
-            latency = _latency_p50(runner, images[:1], cfg.latency_runs)
-        metrics = {
-            "top1": top1, "float_top1": self.float_top1, "drop_points": round(100 * (self.float_top1 - top1), 4),
-            "val_images": int(len(labels)), "executed_precision": info.precision,
-            "inference_precision_hint": info.extra["inference_precision_hint"],
-            "compute_layers": info.extra["compute_layers"], "threads": info.threads,
-            "latency_p50_ms": latency, "build_s": round(self.build_s, 2), "max_drop": cfg.max_drop,
-            **extra.pop("metrics", {}),
-        }
-        if self.precision == "int8" and cfg.sensitivity_images:
-            report = q.sensitivity_report(float_model, model, images[:cfg.sensitivity_images], layer_precisions)
-            report["float_compute_layers"] = q.float_compute_layers(runner_layers)
-            report.update(extra)
-            write_json(tmp / "sensitivity.json", report)
-            metrics["worst_layers"] = report["worst_layers"][:3]
+        cfg, labels = self.config, self.images.labels
+        backend = q.get_backend(self.toolchain.quantizer)
+        evaluate = q.Evaluator(runner=self._runner, top1=lambda r: runner_top1(r, self.images, labels),
+                               latency_ms=lambda r: _latency_p50(r, self.images[:1], cfg.latency_runs or 20))
+        outcome = q.quantize_within_budget(
+            backend, float_model, calib, spec, backend.settings(self.profile.quantization, f"{self.profile.name}.yaml"),
+            evaluate, float_top1=self.float_top1, max_drop=cfg.max_drop, accuracy_control=cfg.accuracy_control,
+            max_reverted_layers=cfg.max_reverted_layers, images=self.images, labels=labels,
+            layer_precisions=self.toolchain.layer_precisions)
+        return outcome.model, outcome.metrics
+
+    def write(self, tmp: Path, float_model: Any, model: Any, quantized: dict[str, Any]
+              ) -> tuple[list[SavedArtifact], dict[str, Any]]:
+        cfg, labels = self.config, self.images.labels
+        saved = self.toolchain.save(model, tmp, self.precision)
+        runner = self._runner(tmp / saved[0].name)  # metrics come from the files as saved, run as an app would
+        try:
+            top1 = runner_top1(runner, self.images, labels)
+            metrics = {"top1": top1, "float_top1": self.float_top1,
+                       "drop_points": round(100 * (self.float_top1 - top1), 4), "val_images": int(len(labels)),
+                       **self.toolchain.describe(runner),
+                       "latency_p50_ms": _latency_p50(runner, self.images[:1], cfg.latency_runs),
+                       "build_s": round(self.build_s, 2), "max_drop": cfg.max_drop, **quantized}
+            if self.precision == "int8" and cfg.sensitivity_images:
+                extra = {k: v for k, v in quantized.items() if k == "accuracy_control"}
+                metrics.update(self.toolchain.reports(tmp, float_model, model, runner,
+                                                      self.images[:cfg.sensitivity_images], extra))
+            info = runner.describe().to_dict()
+        finally:
+            runner.close()
         write_json(tmp / "build.json", {
-            "target": asdict(self.profile), "precision": self.precision, "config": asdict(cfg),
-            "runner_options": self.runner_options, "runner": info.to_dict(), "metrics": metrics,
+            "target": asdict(self.profile), "toolchain": self.toolchain.name, "precision": self.precision,
+            "config": asdict(cfg), "runner_options": self.runner_options, "runner": info, "metrics": metrics,
             "source": ONNX_FILE, "versions": library_versions(), "preprocessing": self.manifest.preprocessing})
-        return metrics
-
-
-def _quantize(float_model: Any, calib: list, spec: Any, images: np.ndarray, labels: np.ndarray, float_top1: float,
-              profile: TargetProfile, config: TargetBuildConfig, runner_options: dict[str, Any]
-              ) -> tuple[Any, dict[str, Any]]:
-    """Plain PTQ, then accuracy control if PTQ misses the budget; the better model and what happened."""
-    from .backends.openvino import OpenVINORunner
-    from .compress import quantize as q
-
-    settings = q.QuantizeSettings.from_dict(profile.quantization)
-    model = q.quantize_ptq(float_model, calib, spec, settings)
-    ptq_runner = OpenVINORunner.from_model(model, **runner_options)
-    ptq_top1 = _top1(ptq_runner, images, labels)
-    metrics: dict[str, Any] = {"calib_images": len(calib), "ptq_top1": ptq_top1,
-                               "ptq_drop_points": round(100 * (float_top1 - ptq_top1), 4)}
-    extra: dict[str, Any] = {"metrics": metrics}
-    if config.max_drop is None or metrics["ptq_drop_points"] <= config.max_drop or not config.accuracy_control:
-        return model, extra
-    log.info("plain INT8 drops %.2f points (budget %.2f): running NNCF accuracy control",
-             metrics["ptq_drop_points"], config.max_drop)
-    # NNCF measures the drop against the OpenVINO float model; move the budget to that baseline
-    ov_float_top1 = _top1(OpenVINORunner.from_model(float_model, **runner_options), images, labels)
-    nncf_budget = max(0.0, config.max_drop / 100 - (float_top1 - ov_float_top1))
-    controlled = q.quantize_accuracy_control(float_model, calib, spec, images, labels, nncf_budget, settings,
-                                             max_iterations=config.max_reverted_layers)
-    ac_runner = OpenVINORunner.from_model(controlled, **runner_options)
-    ac_top1 = _top1(ac_runner, images, labels)
-    ptq_layers, ac_layers = ptq_runner.layer_precisions(), ac_runner.layer_precisions()
-    reverted = sorted(n for n, p in ac_layers.items() if p != "int8" and ptq_layers.get(n) == "int8")
-    ptq_ms, ac_ms = _latency_p50(ptq_runner, images[:1], config.latency_runs or 20), \
-        _latency_p50(ac_runner, images[:1], config.latency_runs or 20)
-    metrics["accuracy_control"] = {
-        "top1": ac_top1, "drop_points": round(100 * (float_top1 - ac_top1), 4), "reverted_to_float": reverted,
-        "ptq_latency_p50_ms": ptq_ms, "latency_p50_ms": ac_ms,
-        "slowdown_vs_ptq": round(ac_ms / ptq_ms, 3) if ptq_ms and ac_ms else None,
-        "nncf_max_drop": nncf_budget}
-    extra["accuracy_control"] = metrics["accuracy_control"]
-    log.info("accuracy control: top-1 %.2f%% with %d layer(s) in float, p50 %.2f -> %.2f ms", 100 * ac_top1,
-             len(reverted), ptq_ms or float("nan"), ac_ms or float("nan"))
-    return (controlled, extra) if ac_top1 >= ptq_top1 else (model, extra)
-
-
-_BUILDERS = {"openvino": _build_openvino}
+        return saved, metrics
 
 
 # -- measurements -------------------------------------------------------------------------
 
-def _top1(runner: Any, images: np.ndarray, labels: np.ndarray) -> float:
-    """Top-1 at batch 1 (the shape an edge app runs; also what gets timed)."""
-    hits = sum(int(runner.infer(images[i:i + 1]).argmax(1)[0] == labels[i]) for i in range(len(labels)))
-    return hits / len(labels)
+def runner_top1(runner: Any, images: Any, labels: np.ndarray, decode_batch: int = 32) -> float:
+    """Top-1 at batch 1 (the shape an edge app runs; also what gets timed) on an NCHW array or
+    :class:`~edgetl.data.EvalImages` (decoded ``decode_batch`` images at a time)."""
+    from .data import image_batches
+
+    preds = [int(runner.infer(batch[i:i + 1]).argmax(1)[0])
+             for batch in image_batches(images, decode_batch) for i in range(len(batch))]
+    return float(np.mean(np.array(preds) == labels))
 
 
-def _torch_top1(run_dir: Path, images: np.ndarray, labels: np.ndarray, batch_size: int = 32) -> float:
+def checkpoint_top1(run_dir: Path, images: Any, labels: np.ndarray, batch_size: int = 32) -> float:
+    """Top-1 of the run's float checkpoint on an NCHW array or :class:`~edgetl.data.EvalImages`."""
     from .backends.torch_eager import TorchRunner
+    from .data import image_batches
 
     runner = TorchRunner(run_dir / "checkpoint.pt")
     if not runner.artifact.is_file():
         raise RunFolderError(f"{run_dir} has no checkpoint.pt: the float model is the reference for the drop")
-    logits = np.concatenate([runner.infer(images[i:i + batch_size]) for i in range(0, len(images), batch_size)])
+    logits = np.concatenate([runner.infer(batch) for batch in image_batches(images, batch_size)])
     return float(np.mean(logits.argmax(1) == labels))
 
 

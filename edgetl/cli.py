@@ -50,63 +50,62 @@ def cli(verbose: bool) -> None:
     setup_logging(verbose)
 
 
+def _finetune_options(command):
+    from .config import Opt, options_from
+    from .finetune import FinetuneConfig
+
+    return options_from(FinetuneConfig, skip=("data",), custom={
+        "output": Opt(("-o", "--output"), type=click.Path(path_type=Path),
+                      help="Run folder [default: runs/DATA-MODEL, beside the dataset when run from inside it]."),
+        "model": Opt(("-m", "--model")),
+        "pretrained": Opt(help="Random initialisation instead of pretrained weights."),
+        "augment": Opt(help="No random crops, flips or colour jitter on training images."),
+        "epochs": Opt(type=click.IntRange(min=1), help="Training epochs (with --resume: extend the run to N)."),
+        "batch_size": Opt(type=click.IntRange(min=1)),
+        "weights": Opt(type=click.Path(path_type=Path)),
+        "val": Opt(type=click.Path(path_type=Path)),
+        "image_size": Opt(type=click.IntRange(min=8)),
+        "patience": Opt(type=click.IntRange(min=0), to_field=lambda v: v or None,
+                        help="Early stopping after N epochs without a better val top-1 (0: off)."),
+        "cache_features": Opt(("--no-cache", "--no-cache-features"),
+                              help="linear-probe: run the backbone every epoch instead of caching features."),
+        "workers": Opt(type=click.IntRange(min=0), help="Data loader processes."),
+        "threads": Opt(type=click.IntRange(min=1), help="Torch CPU threads [default: all cores]."),
+        "freeze_bn": Opt(("--freeze-bn/--train-bn",)),
+    })(command)
+
+
 @cli.command()
 @click.argument("data", type=click.Path(path_type=Path), required=False)
-@click.option("-m", "--model", default="efficientnet_lite0", show_default=True,
-              help="Backbone: edgetl/torchvision/timm name (e.g. resnet50, timm:convnext_tiny).")
-@click.option("-o", "--output", type=click.Path(path_type=Path), help="Run folder [default: runs/DATA-MODEL].")
-@click.option("--strategy", type=click.Choice(["linear-probe", "full", "gradual"]), default="full", show_default=True,
-              help="linear-probe: frozen backbone; full: train everything; gradual: unfreeze from the top.")
-@click.option("--epochs", type=click.IntRange(min=1), help="Training epochs [default: 10; with --resume: extend to N].")
-@click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True)
-@click.option("--lr", type=float, help="Head learning rate [default: 3e-3 linear-probe, 1e-3 otherwise].")
-@click.option("--optimizer", type=click.Choice(["adamw", "sgd"]), default="adamw", show_default=True)
-@click.option("--weights", type=click.Path(path_type=Path), help="Local weight file to start from (no download).")
-@click.option("--no-pretrained", is_flag=True, help="Random initialisation instead of pretrained weights.")
-@click.option("--val", type=click.Path(path_type=Path), help="Validation folder [default: DATA/val or a split].")
-@click.option("--val-fraction", type=float, default=0.2, show_default=True, help="Held-out share when no val folder.")
-@click.option("--image-size", type=click.IntRange(min=8), help="Override the backbone's input resolution.")
-@click.option("--label-smoothing", type=float, default=0.1, show_default=True)
-@click.option("--patience", type=click.IntRange(min=0), default=5, show_default=True,
-              help="Early stopping after N epochs without improvement (0: off).")
-@click.option("--no-augment", is_flag=True, help="No random crops, flips or colour jitter.")
-@click.option("--no-cache", is_flag=True, help="linear-probe: run the backbone every epoch instead of caching.")
-@click.option("--strict", is_flag=True, help="Fail on an unreadable image instead of skipping it.")
-@click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--workers", type=click.IntRange(min=0), default=1, show_default=True, help="Data loader processes.")
-@click.option("--threads", type=click.IntRange(min=1), help="Torch CPU threads [default: all cores].")
-@click.option("--freeze-bn/--train-bn", default=None,
-              help="Keep BatchNorm statistics fixed [default: fixed when starting from pretrained weights].")
-@click.option("--save-every-epoch", is_flag=True, help="Keep a checkpoint file for every epoch.")
-@click.option("--overwrite", is_flag=True, help="Replace an existing run folder.")
+@click.option("--overwrite", is_flag=True, help="Replace an existing run folder (only a run folder, and only once "
+                                               "the new run has finished its first epoch).")
 @click.option("--resume", "resume_dir", type=click.Path(path_type=Path),
               help="Continue the run in this folder with its recorded options, data order and RNG state; "
                    "--epochs extends it; only --epochs, --patience, --workers, --threads, --save-every-epoch "
                    "may change.")
 @handle_errors
-def finetune(data, model, output, strategy, epochs, batch_size, lr, optimizer, weights, no_pretrained, val,
-             val_fraction, image_size, label_smoothing, patience, no_augment, no_cache, strict, seed, workers,
-             threads, freeze_bn, save_every_epoch, overwrite, resume_dir) -> None:
-    """Fine-tune a pretrained backbone on an image folder (DATA/CLASS/*.jpg or DATA/{train,val}/CLASS)."""
-    from . import finetune as ft
+@_finetune_options
+def finetune(data, overwrite, resume_dir, values, given) -> None:
+    """Fine-tune a pretrained backbone on an image folder (DATA/CLASS/*.jpg or DATA/{train,val}/CLASS).
 
-    fields = dict(
-        data=str(data) if data else None, model=model, weights=str(weights) if weights else None,
-        pretrained=not no_pretrained, strategy=strategy, epochs=epochs, batch_size=batch_size, lr=lr,
-        optimizer=optimizer, val=str(val) if val else None, val_fraction=val_fraction, image_size=image_size,
-        label_smoothing=label_smoothing, patience=patience or None, augment=not no_augment,
-        cache_features=not no_cache, strict=strict, seed=seed, workers=workers, threads=threads,
-        freeze_bn=freeze_bn, save_every_epoch=save_every_epoch)
+    Every option can also come from --config FILE.yaml (e.g. the best configuration a search wrote);
+    options typed here override the file. The resolved configuration is saved in the run's manifest.
+    """
+    from . import finetune as ft
+    from .config import build
+
     if resume_dir is not None:
-        if output is not None or overwrite:
+        if "output" in given or overwrite:
             raise click.UsageError("--resume continues RUN in place: -o/--overwrite do not apply")
-        result = ft.resume(resume_dir, changes=_given_options(fields))
+        changes = {k: values[k] for k in given if k in values}
+        if data is not None:
+            changes["data"] = str(data)
+        result = ft.resume(resume_dir, changes=changes)
     else:
+        data = data or values.get("data")
         if data is None:
-            raise click.UsageError("DATA is required (or --resume RUN)")
-        config = ft.FinetuneConfig(output=str(output or ""),
-                                   **{k: v for k, v in fields.items() if not (k == "epochs" and v is None)})
-        result = ft.finetune(config, overwrite=overwrite)
+            raise click.UsageError("DATA is required (or --resume RUN, or data: in --config)")
+        result = ft.finetune(build(ft.FinetuneConfig, values, data=str(data)), overwrite=overwrite)
     m = result.metrics
     top5 = f"top-5 {100 * m['top5']:.2f}%  " if m["top5"] is not None else ""
     click.echo(f"{result.run_dir}: val top-1 {100 * m['top1']:.2f}%  {top5}"
@@ -115,87 +114,88 @@ def finetune(data, model, output, strategy, epochs, batch_size, lr, optimizer, w
         click.echo(f"  {name:<24} {100 * acc:6.2f}%" if acc is not None else f"  {name:<24}   n/a")
 
 
-# CLI parameter -> config field, where the names differ
-_PARAM_FIELDS = {"no_pretrained": "pretrained", "no_augment": "augment", "no_cache": "cache_features"}
+def _export_options(command):
+    from .build import TargetBuildConfig
+    from .config import Opt, options_from
+    from .export import ExportConfig
+    from .profiles import PRECISIONS
 
-
-def _given_options(fields: dict) -> dict:
-    """The config fields whose options were typed on the command line (not defaults)."""
-    ctx = click.get_current_context()
-    given = {}
-    for param in ctx.command.params:
-        if ctx.get_parameter_source(param.name) == click.core.ParameterSource.COMMANDLINE:
-            name = _PARAM_FIELDS.get(param.name, param.name)
-            if name in fields:
-                given[name] = fields[name]
-    return given
+    return options_from(ExportConfig, TargetBuildConfig, skip=("target",), custom={
+        "dynamic_batch": Opt(("--static-batch",), help="Fix the batch dimension instead of leaving it dynamic."),
+        "simplify": Opt(help="Skip onnxslim."),
+        "parity_images": Opt(type=click.IntRange(min=0), to_field=lambda v: v or None,
+                             help="Check this many val images, sampled class-balanced (0: all of them)."),
+        "data": Opt(type=click.Path(path_type=Path), help="Labelled folder (the run's classes) for the parity "
+                                                          "check and target evaluation [default: the run's val split]."),
+        "precision": Opt(type=click.Choice(PRECISIONS), help="Target precision [default: the target's default]."),
+        "calib_data": Opt(type=click.Path(path_type=Path)),
+        "calib_size": Opt(type=click.IntRange(min=1)),
+        "max_drop": Opt(type=click.FloatRange(0, 100)),
+        "seed": Opt(help="Seed for calibration sampling."),
+    })(command)
 
 
 @cli.command()
 @click.argument("run", type=click.Path(path_type=Path))
-@click.option("--opset", type=int, default=18, show_default=True)
-@click.option("--static-batch", is_flag=True, help="Fix the batch dimension instead of leaving it dynamic.")
-@click.option("--no-simplify", is_flag=True, help="Skip onnxslim.")
-@click.option("--exporter", type=click.Choice(["dynamo", "torchscript"]), default="dynamo", show_default=True)
-@click.option("--atol", type=float, default=1e-4, show_default=True, help="Parity: absolute tolerance on logits.")
-@click.option("--rtol", type=float, default=2e-4, show_default=True,
-              help="Parity: tolerance relative to each image's largest |logit|.")
-@click.option("--parity-images", type=click.IntRange(min=1), help="Check only this many val images.")
-@click.option("--data", type=click.Path(path_type=Path), help="Labelled folder for the parity check.")
 @click.option("--target", help="Also build for a device profile (e.g. intel-cpu) from the ONNX model.")
-@click.option("--precision", type=click.Choice(["fp32", "fp16", "int8"]),
-              help="Target precision [default: the target's default].")
-@click.option("--calib-data", type=click.Path(path_type=Path),
-              help="INT8 calibration images (CLASS/*.jpg, the run's classes) [default: the run's training split].")
-@click.option("--calib-size", type=click.IntRange(min=1), default=300, show_default=True,
-              help="Calibration images, sampled class-balanced.")
-@click.option("--max-drop", type=click.FloatRange(0, 100),
-              help="Allowed val top-1 drop vs the PyTorch float model, in points (INT8 then uses accuracy control).")
 @click.option("--no-verify", is_flag=True,
               help="Use run files whose sha256 no longer matches the manifest (you edited them on purpose).")
 @handle_errors
-def export(run, opset, static_batch, no_simplify, exporter, atol, rtol, parity_images, data, target, precision,
-           calib_data, calib_size, max_drop, no_verify) -> None:
+@_export_options
+def export(run, target, no_verify, values, given) -> None:
     """Export a fine-tuned RUN to ONNX and check it against PyTorch on real images.
 
     With --target, also build the device artifact (e.g. OpenVINO IR in RUN/intel-cpu/int8/); the
-    ONNX export runs first only if the run has none yet, or when its ONNX is stale (exported from an
-    older checkpoint). Every run file used is checked against its recorded sha256 first.
+    ONNX export runs first when the run has none yet, when it is stale (exported from an older
+    checkpoint), or when ONNX options given here differ from those it was exported with. Every run
+    file used is checked against its recorded sha256 first.
     """
+    from .build import TargetBuildConfig, build_target
+    from .config import build
     from .export import ExportConfig, export_onnx
-    from .run import Manifest, stale_reason
 
+    target = target or values.get("target")
+    export_config = build(ExportConfig, values)
+    build_config = build(TargetBuildConfig, values, target=target or "intel-cpu")
     if target is not None:  # an unknown target or precision fails before any work
         from .profiles import load_target
 
-        load_target(target).check_precision(precision)
-    manifest = Manifest.load(run)
-    reuse = target is not None and manifest.completed("onnx")
-    if reuse and (stale := stale_reason(manifest, "onnx")):
-        click.echo(f"note: {run}/onnx/model.onnx is stale ({stale}): exporting it again", err=True)
-        reuse = False
-    if not reuse:
-        config = ExportConfig(opset=opset, dynamic_batch=not static_batch, simplify=not no_simplify,
-                              exporter=exporter, atol=atol, rtol=rtol, parity_images=parity_images,
-                              data=str(data) if data else None)
-        result = export_onnx(run, config, verify=not no_verify)
+        load_target(target).check_precision(build_config.precision)
+    if target is None or _needs_export(run, export_config, given):
+        result = export_onnx(run, export_config, verify=not no_verify)
         m = result.metrics
         click.echo(f"{result.path}: max |ONNX - PyTorch| {m['max_abs_diff']:.2e}, top-1 agreement "
                    f"{100 * m['top1_agreement']:.1f}% on {m['parity_images']} images"
                    + (f" ({m['tie_flips']} numerical tie(s))" if m["tie_flips"] else ""))
     if target is not None:
-        _build_target(run, target, precision, calib_data, calib_size, max_drop, data, not no_verify)
+        built = build_target(run, build_config, verify=not no_verify)
+        m = built.metrics
+        click.echo(f"{built.path}: top-1 {100 * m['top1']:.2f}% (float {100 * m['float_top1']:.2f}%, drop "
+                   f"{m['drop_points']:.2f} points), runs in {m['executed_precision']}, "
+                   f"batch-1 p50 {m['latency_p50_ms']} ms")
 
 
-def _build_target(run, target, precision, calib_data, calib_size, max_drop, data, verify) -> None:
-    from .build import TargetBuildConfig, build_target
+def _needs_export(run: Path, config, given: set[str]) -> bool:
+    """Whether ``export --target`` must (re-)export the ONNX first, saying why on stderr."""
+    import dataclasses
 
-    built = build_target(run, TargetBuildConfig(
-        target=target, precision=precision, calib_data=str(calib_data) if calib_data else None,
-        calib_size=calib_size, max_drop=max_drop, data=str(data) if data else None), verify=verify)
-    m = built.metrics
-    click.echo(f"{built.path}: top-1 {100 * m['top1']:.2f}% (float {100 * m['float_top1']:.2f}%, drop "
-               f"{m['drop_points']:.2f} points), runs in {m['executed_precision']}, batch-1 p50 {m['latency_p50_ms']} ms")
+    from .run import Manifest, stale_reason
+
+    manifest = Manifest.load(run)
+    if not manifest.completed("onnx"):
+        return True
+    if stale := stale_reason(manifest, "onnx"):
+        click.echo(f"note: {run}/onnx/model.onnx is stale ({stale}): exporting it again", err=True)
+        return True
+    recorded = manifest.stage("onnx")["options"]
+    changed = sorted(k for k, v in dataclasses.asdict(config).items()
+                     if k in given and k not in ("data",) and recorded.get(k) != v)
+    if changed:
+        click.echo(f"note: exporting the ONNX again: {', '.join(changed)} differ from the existing export", err=True)
+        return True
+    click.echo(f"note: reusing {run}/onnx/model.onnx (exported with opset {recorded.get('opset')}, "
+               f"{recorded.get('exporter')} exporter)", err=True)
+    return False
 
 
 @cli.command()
@@ -236,48 +236,46 @@ def demo(output: Path, data: Path | None, quick: bool) -> None:
     run_demo(output, data=data, quick=quick)
 
 
+def _bench_options(command):
+    from .bench import BenchConfig, parse_batch_sizes
+    from .config import Opt, options_from
+
+    return options_from(BenchConfig, custom={
+        "batch_sizes": Opt(("--batch",), type=str, default="1", to_field=lambda v: parse_batch_sizes(str(v)),
+                           help="Batch sweep, e.g. 1,8,32 (each at most the number of evaluation images)."),
+        "warmup": Opt(type=click.IntRange(min=0)),
+        "iterations": Opt(type=click.IntRange(min=1)),
+        "rounds": Opt(type=click.IntRange(min=1)),
+        "round_time_s": Opt(("--round-time",), type=click.FloatRange(min=0.01)),
+        "threads": Opt(type=click.IntRange(min=1)),
+        "streams": Opt(type=click.IntRange(min=1)),
+        "performance_hint": Opt(type=click.Choice(["latency", "throughput"], case_sensitive=False)),
+        "runtimes": Opt(("--runtime",), multiple=True, help="Only this runtime (repeatable)."),
+        "limit": Opt(type=click.IntRange(min=1)),
+        "data": Opt(type=click.Path(path_type=Path)),
+        "output": Opt(("-o", "--output"), type=click.Path(path_type=Path)),
+        "compare": Opt(type=click.Path(path_type=Path)),
+        "fail_on_regression": Opt(type=click.FloatRange(min=0)),
+        "verify": Opt(help="Measure artifacts whose sha256 no longer matches the manifest (edited on purpose)."),
+    })(command)
+
+
 @cli.command()
 @click.argument("inputs", nargs=-1, required=True, type=click.Path(path_type=Path))
-@click.option("--data", type=click.Path(path_type=Path), help="Labelled folder with the run's classes [default: val split].")
-@click.option("--batch", "batch", default="1", show_default=True, help="Batch sweep, e.g. 1,8,32.")
-@click.option("--warmup", type=click.IntRange(min=0), default=5, show_default=True, help="Untimed runs first.")
-@click.option("--iterations", type=click.IntRange(min=1), default=30, show_default=True,
-              help="Timed runs per artifact per batch per round.")
-@click.option("--rounds", type=click.IntRange(min=1), default=5, show_default=True,
-              help="Interleaved rounds (artifact order rotates); p50 is the lowest round median.")
-@click.option("--round-time", type=click.FloatRange(min=0.01), default=3.0, show_default=True,
-              help="Seconds per artifact per round before a round stops early.")
-@click.option("--threads", type=click.IntRange(min=1), help="Inference threads for every runtime.")
-@click.option("--streams", type=click.IntRange(min=1), help="OpenVINO inference streams.")
-@click.option("--performance-hint", type=click.Choice(["latency", "throughput"], case_sensitive=False),
-              help="OpenVINO performance hint.")
-@click.option("--no-true-fp32", is_flag=True, help="Do not add the INFERENCE_PRECISION_HINT=f32 run of FP32 IRs.")
-@click.option("--runtime", "runtimes", multiple=True, help="Only this runtime (repeatable).")
-@click.option("--limit", type=click.IntRange(min=1), help="Evaluate on at most N class-balanced images.")
-@click.option("--no-accuracy", is_flag=True, help="Latency only.")
-@click.option("--no-memory", is_flag=True, help="Skip the per-artifact peak-memory subprocess.")
-@click.option("-o", "--output", type=click.Path(path_type=Path), help="Report folder [default: RUN/bench].")
-@click.option("--compare", type=click.Path(path_type=Path), help="Earlier report.json to compare latencies with.")
-@click.option("--fail-on-regression", type=click.FloatRange(min=0), metavar="PCT",
-              help="With --compare: exit 3 when any p50 got slower by more than PCT percent.")
-@click.option("--no-verify", is_flag=True,
-              help="Measure artifacts whose sha256 no longer matches the manifest (edited on purpose).")
 @handle_errors
-def bench(inputs, data, batch, warmup, iterations, rounds, round_time, threads, streams, performance_hint,
-          no_true_fp32, runtimes, limit, no_accuracy, no_memory, output, compare, fail_on_regression,
-          no_verify) -> None:
-    """Latency and accuracy drop of every artifact of a RUN (or of artifact files), side by side."""
+@_bench_options
+def bench(inputs, values, given) -> None:
+    """Latency and accuracy drop of every artifact of one or more RUNs (or of artifact files), side by side.
+
+    Several runs (a model and its pruned child) share one table and plot; keys and labels name the run.
+    """
     from rich.console import Console
 
-    from .bench import BenchConfig, benchmark, parse_batch_sizes, render_comparison, render_table
+    from .bench import BenchConfig, benchmark, render_comparison, render_table
+    from .config import build
     from .errors import EdgetlError, RegressionError
 
-    config = BenchConfig(
-        batch_sizes=parse_batch_sizes(batch), warmup=warmup, iterations=iterations, rounds=rounds,
-        round_time_s=round_time, threads=threads, streams=streams, performance_hint=performance_hint,
-        true_fp32=not no_true_fp32, runtimes=tuple(runtimes) or None, limit=limit, accuracy=not no_accuracy,
-        memory=not no_memory, data=str(data) if data else None, output=str(output) if output else None,
-        compare=str(compare) if compare else None, fail_on_regression=fail_on_regression, verify=not no_verify)
+    config = build(BenchConfig, values)
     target = inputs[0] if len(inputs) == 1 else list(inputs)
     console = Console(width=None if sys.stdout.isatty() else 220)  # results on stdout, never wrapped in pipes
     try:

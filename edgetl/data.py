@@ -8,19 +8,25 @@ scanned, so a corrupt file is reported up front, not in the middle of epoch 7.
 from __future__ import annotations
 
 import logging
+import os
 import random
 import warnings
 from collections import Counter, defaultdict
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .errors import DatasetError
+import numpy as np
+
+from .errors import ConfigError, DatasetError
 from .run.manifest import MANIFEST_NAME
 
 log = logging.getLogger(__name__)
 
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm"})
 VAL_DIR_NAMES = ("val", "valid", "validation")
+DECODE_WORKERS = min(4, os.cpu_count() or 1)
+"""Threads decoding evaluation images (PIL releases the GIL while decoding and resizing)."""
 
 
 @dataclass
@@ -206,20 +212,6 @@ def balanced_sample(samples: list[tuple[Path, int]], n: int, seed: int = 0) -> l
     return chosen
 
 
-def _to_8bit_gray(img):
-    """A 16-bit ("I;16*", or "I" holding 0..65535) or float ("F") grayscale image scaled to "L"."""
-    import numpy as np
-    from PIL import Image
-
-    values = np.nan_to_num(np.asarray(img, dtype=np.float64))
-    if img.mode == "F":
-        if values.size and values.min() >= 0.0 and values.max() <= 1.0:
-            values = values * 255.0
-    elif img.mode != "I" or (values.size and values.min() >= 0 and values.max() <= 65535):
-        values = values / 257.0  # 65535 -> 255
-    return Image.fromarray(np.clip(np.rint(values), 0, 255).astype(np.uint8))
-
-
 def load_rgb(path: Path):
     """Open an image upright (EXIF orientation applied) as RGB.
 
@@ -227,17 +219,13 @@ def load_rgb(path: Path):
     """
     from PIL import Image, ImageOps
 
+    from .preprocessing import to_rgb
+
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         with Image.open(path) as img:
             ImageOps.exif_transpose(img, in_place=True)  # phone photos: as displayed, not as stored
-            if img.mode.startswith("I;16") or img.mode in ("I", "F"):
-                return _to_8bit_gray(img).convert("RGB")
-            if img.mode in ("RGBA", "LA") or (img.mode == "P" and "transparency" in img.info):
-                img = img.convert("RGBA")
-                background = Image.new("RGBA", img.size, (255, 255, 255, 255))
-                return Image.alpha_composite(background, img).convert("RGB")
-            return img.convert("RGB")
+            return to_rgb(img)
 
 
 class ImageListDataset:
@@ -310,14 +298,94 @@ def _legacy_eval_samples(manifest, split: str) -> list[tuple[Path, int]]:
     return splits.val if split == "val" else splits.train
 
 
-def load_array(samples: list[tuple[Path, int]], spec, limit: int | None = None):
-    """Preprocess ``samples`` per ``spec`` into one float32 NCHW array and an int64 label array."""
-    import numpy as np
+def _read_preprocessed(path: Path, spec) -> np.ndarray:
+    try:
+        return spec.apply(load_rgb(path))
+    except Exception as exc:  # PIL raises many types for files that broke after the scan
+        raise DatasetError(f"could not read {path}: {type(exc).__name__}: {exc}".splitlines()[0][:300]) from exc
 
-    transform = spec.eval_transform()
-    chosen = samples[:limit] if limit else samples
-    if not chosen:
+
+def iter_batches(samples: list[tuple[Path, int]], spec, batch_size: int = 32, *, workers: int | None = None
+                 ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """``(images, labels)`` batches of ``samples`` in order: float32 NCHW preprocessed by ``spec.apply``, int64.
+
+    A generator: images are decoded one batch ahead of the consumer on a small thread pool (PIL releases
+    the GIL), so memory holds two batches whatever the number of samples.
+    """
+    if batch_size < 1:
+        raise ConfigError(f"batch size must be at least 1, got {batch_size}")
+    if not samples:
         raise DatasetError("no images to evaluate on")
-    images = np.stack([transform(load_rgb(path)).numpy() for path, _ in chosen]).astype(np.float32)
-    labels = np.array([label for _, label in chosen], dtype=np.int64)
-    return images, labels
+    return _batches(list(samples), spec, batch_size, workers or DECODE_WORKERS)
+
+
+def _batches(samples: list[tuple[Path, int]], spec, batch_size: int, workers: int
+             ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    from concurrent.futures import ThreadPoolExecutor
+
+    pool = ThreadPoolExecutor(workers, thread_name_prefix="edgetl-decode")
+
+    def submit(start: int) -> list:
+        return [pool.submit(_read_preprocessed, path, spec) for path, _ in samples[start:start + batch_size]]
+
+    try:
+        pending = submit(0)
+        for start in range(0, len(samples), batch_size):
+            current, pending = pending, submit(start + batch_size)
+            images = np.stack([future.result() for future in current])
+            labels = np.array([label for _, label in samples[start:start + len(current)]], dtype=np.int64)
+            yield images, labels
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
+class EvalImages:
+    """The preprocessed images of labelled ``samples``, decoded on demand instead of held in memory.
+
+    ``batches(n)`` streams them; a slice (``images[:8]``) or an index decodes only the images asked for,
+    so an evaluation keeps whole only the few it needs (a latency batch, a sensitivity sample).
+    """
+
+    def __init__(self, samples: list[tuple[Path, int]], spec, *, workers: int | None = None) -> None:
+        if not samples:
+            raise DatasetError("no images to evaluate on")
+        self.samples, self.spec, self.workers = list(samples), spec, workers
+        self.labels = np.array([label for _, label in self.samples], dtype=np.int64)
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    @property
+    def shape(self) -> tuple[int, int, int, int]:
+        return (len(self), 3, self.spec.input_size, self.spec.input_size)
+
+    def batches(self, batch_size: int = 32) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        return iter_batches(self.samples, self.spec, batch_size, workers=self.workers)
+
+    def __getitem__(self, key: int | slice) -> np.ndarray:
+        if isinstance(key, slice):
+            chosen = self.samples[key]
+            return load_array(chosen, self.spec)[0] if chosen else np.empty((0, *self.shape[1:]), np.float32)
+        return _read_preprocessed(self.samples[key][0], self.spec)
+
+    def __iter__(self) -> Iterator[np.ndarray]:
+        for images, _ in self.batches():
+            yield from images
+
+
+def image_batches(images: np.ndarray | EvalImages, batch_size: int) -> Iterator[np.ndarray]:
+    """Consecutive batches of an in-memory NCHW array, or of :class:`EvalImages` (decoded as they go)."""
+    if isinstance(images, EvalImages):
+        return (batch for batch, _ in images.batches(batch_size))
+    return (images[start:start + batch_size] for start in range(0, len(images), batch_size))
+
+
+def load_array(samples: list[tuple[Path, int]], spec, limit: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """``samples`` (the first ``limit``) preprocessed into one float32 NCHW array and an int64 label array.
+
+    For a few images only (a latency batch, a sensitivity sample): stream a whole eval set with
+    :func:`iter_batches` or :class:`EvalImages`.
+    """
+    chosen = samples[:limit] if limit else samples
+    batches = list(iter_batches(chosen, spec, max(1, len(chosen))))
+    return batches[0]

@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import platform
 import shutil
@@ -12,16 +13,15 @@ import subprocess
 from importlib import metadata
 from typing import Any
 
+from .errors import EdgetlError, MissingBackendError
+
 # flags in /proc/cpuinfo that change which kernels int8/bf16 models get
 ISA_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_bf16", "amx_int8", "amx_tile")
 
-RUNTIMES = {
-    "torch": ("torch", None),
-    "onnxruntime": ("onnxruntime", "onnx"),
-    "openvino": ("openvino", "openvino"),
+# libraries that are not runtimes (those come from the runtime table): name -> (import name, edgetl extra)
+LIBRARIES = {
     "nncf": ("nncf", "openvino"),
-    "tensorrt": ("tensorrt", "tensorrt"),
-    "torch-pruning": ("torch-pruning", "prune"),
+    "torch-pruning": ("torch_pruning", "prune"),
     "timm": ("timm", None),
     "onnxslim": ("onnxslim", None),
 }
@@ -60,19 +60,31 @@ def gpu_info() -> list[dict[str, str]]:
 
 
 def runtime_versions() -> dict[str, dict[str, Any]]:
+    """Every runtime of the runtime table: ``{installed, version}``, or the pip command that installs it."""
+    from .backends import RUNTIMES
+
+    return {name: spec.status() for name, spec in RUNTIMES.items()}
+
+
+def library_status() -> dict[str, dict[str, Any]]:
+    """The other libraries edgetl's stages use (quantization, pruning, models), as :func:`runtime_versions`."""
     found = {}
-    for name, (dist, extra) in RUNTIMES.items():
+    for name, (module, extra) in LIBRARIES.items():
         try:
-            found[name] = {"installed": True, "version": metadata.version(dist)}
+            found[name] = {"installed": True, "version": metadata.version(name)}
         except metadata.PackageNotFoundError:
-            found[name] = {"installed": False, "install": f"pip install 'edgetl[{extra}]'" if extra else f"pip install {dist}"}
+            found[name] = ({"installed": True, "version": "unknown"} if importlib.util.find_spec(module)
+                           else {"installed": False, "install": MissingBackendError.install_hint(name, extra)})
     return found
 
 
 def openvino_devices() -> list[str]:
+    """What OpenVINO can run on here (a target's ``device`` must be one of these); [] without OpenVINO."""
+    from .backends import RUNTIMES
+
     try:
-        import openvino as ov
-    except ImportError:
+        ov = RUNTIMES["openvino"].import_library()
+    except EdgetlError:
         return []
     return list(ov.Core().available_devices)
 
@@ -88,6 +100,7 @@ def device_fingerprint() -> dict[str, Any]:
 def environment_report() -> dict[str, Any]:
     report = device_fingerprint()
     report["runtimes"] = runtime_versions()
+    report["libraries"] = library_status()
     report["openvino_devices"] = openvino_devices()
     return report
 
@@ -101,5 +114,15 @@ def render_report(report: dict[str, Any]) -> str:
                                        for g in report["gpus"]) or "none"),
              "OpenVINO  devices: " + (", ".join(report["openvino_devices"]) or "n/a"), "", "runtimes:"]
     for name, state in report["runtimes"].items():
-        lines.append(f"  {name:<14} {state['version'] if state['installed'] else 'missing  -> ' + state['install']}")
+        lines.append(_status_line(name, state))
+    lines.append("libraries:")
+    lines += [_status_line(name, state) for name, state in report.get("libraries", {}).items()]
     return "\n".join(lines)
+
+
+def _status_line(name: str, state: dict[str, Any]) -> str:
+    if not state["installed"]:
+        return f"  {name:<14} missing  -> {state['install']}"
+    if state.get("too_old"):
+        return f"  {name:<14} {state['version']} is too old (edgetl needs >= {state['required']}) -> {state['install']}"
+    return f"  {name:<14} {state['version']}"

@@ -42,14 +42,32 @@ class ConfigError(EdgetlError):
 
 
 class MissingBackendError(EdgetlError):
-    """An optional runtime (OpenVINO, TensorRT, ...) is not installed."""
+    """An optional runtime (OpenVINO, TensorRT, ...) that is not installed, cannot be imported, or is too old."""
 
-    def __init__(self, package: str, extra: str | None = None, purpose: str = "") -> None:
-        hint = f"pip install 'edgetl[{extra}]'" if extra else f"pip install {package}"
+    def __init__(self, package: str, extra: str | None = None, purpose: str = "", *, found: str | None = None,
+                 required: str | None = None, detail: str | None = None) -> None:
         what = f" for {purpose}" if purpose else ""
-        super().__init__(f"{package} is required{what} but is not installed: {hint}")
+        hint = self.install_hint(package, extra, required, upgrade=found is not None)
+        if found:
+            message = f"{package} {found} is installed but edgetl needs {package}>={required}{what}: {hint}"
+        elif detail:
+            message = f"{package} is installed but cannot be imported{what} ({detail}): {hint}"
+        else:
+            message = f"{package} is required{what} but is not installed: {hint}"
+        super().__init__(message)
         self.package = package
         self.extra = extra
+        self.found = found
+        self.required = required
+
+    @staticmethod
+    def install_hint(package: str, extra: str | None = None, required: str | None = None,
+                     upgrade: bool = False) -> str:
+        """The pip command that installs ``package`` (through edgetl's ``extra`` when it has one)."""
+        flag = "-U " if upgrade else ""
+        if extra:
+            return f"pip install {flag}'edgetl[{extra}]'"
+        return f"pip install {flag}'{package}>={required}'" if required else f"pip install {flag}{package}"
 
 
 class ParityError(EdgetlError):

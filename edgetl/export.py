@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
@@ -43,8 +43,8 @@ class ExportConfig:
     rtol: float = 2e-4
     """Relative tolerance: FP32 kernels of two runtimes differ by up to ~1e-4 of the logit scale on a
     fully fine-tuned deep net (summation order), which is not an export error."""
-    parity_images: int | None = None
-    """How many val images to check (None: all of them)."""
+    parity_images: int | None = 256
+    """How many val images to check, sampled class-balanced (None: all of them)."""
     data: str | None = None
     """Labelled folder for the parity check (default: the run's val split)."""
 
@@ -55,6 +55,8 @@ class ExportConfig:
             raise ConfigError(f"exporter must be dynamo or torchscript, not {self.exporter!r}")
         if self.atol <= 0 or self.rtol < 0:
             raise ConfigError("atol must be positive and rtol non-negative")
+        if self.parity_images is not None and self.parity_images < 1:
+            raise ConfigError(f"parity_images must be at least 1 (None: all), got {self.parity_images}")
 
 
 @dataclass
@@ -69,7 +71,7 @@ def export_onnx(run_dir: str | Path, config: ExportConfig | None = None, *, veri
     The checkpoint is checked against its recorded sha256 first (``verify=False`` skips that, for a
     checkpoint edited on purpose) and against the run's model and classes (always).
     """
-    from .data import load_array, run_eval_samples
+    from .data import EvalImages, balanced_sample, run_eval_samples
     from .models import load_run_model
     from .preprocessing import PreprocessSpec
 
@@ -81,7 +83,10 @@ def export_onnx(run_dir: str | Path, config: ExportConfig | None = None, *, veri
     model, _ = load_run_model(run_dir)
     spec = PreprocessSpec.from_dict(manifest.preprocessing)
     samples = run_eval_samples(manifest, config.data)
-    images, labels = load_array(samples, spec, config.parity_images)
+    if config.parity_images is not None and config.parity_images < len(samples):
+        samples = sorted(balanced_sample(samples, config.parity_images))
+    images = EvalImages(samples, spec)  # decoded a batch at a time by check_parity
+    labels = images.labels
     target = run_dir / "onnx" / "model.onnx"
     with stage(manifest, STAGE, asdict(config), inputs) as st:
         start = time.perf_counter()
@@ -132,36 +137,63 @@ def simplify_onnx(path: Path) -> None:
     onnx.save(model, str(path))
 
 
-def check_parity(model: Any, onnx_path: Path, images: np.ndarray, atol: float, rtol: float = 0.0,
+def check_parity(model: Any, onnx_path: Path, images: Any, atol: float, rtol: float = 0.0,
                  batch_size: int = 16) -> dict[str, Any]:
     """Compare ONNX Runtime with PyTorch on ``images``; raise :class:`ParityError` beyond tolerance.
 
-    Top-1 must agree on every image except numerical ties: images whose two best PyTorch logits are
-    closer than twice the largest observed difference (either answer is then equally right).
+    ``images`` is an NCHW array or :class:`~edgetl.data.EvalImages` (decoded a batch at a time; the
+    metrics accumulate per batch, only the ONNX logits are kept). Top-1 must agree on every image except
+    numerical ties: images whose two best PyTorch logits are closer than twice that image's largest
+    difference (either answer is then equally right).
     """
     from .backends.onnxruntime import OnnxRuntimeRunner
     from .backends.torch_eager import TorchRunner
+    from .data import image_batches
 
     reference = TorchRunner.from_module(model)
+    stats = _ParityStats()
     with OnnxRuntimeRunner(onnx_path) as candidate:
-        ref, out = [], []
-        for start in range(0, len(images), batch_size):
-            batch = images[start:start + batch_size]
-            ref.append(reference.infer(batch))
-            out.append(candidate.infer(batch))
-    ref_logits, onnx_logits = np.concatenate(ref), np.concatenate(out)
-    diff = np.abs(ref_logits - onnx_logits)
-    excess = diff - (atol + rtol * np.abs(ref_logits).max(axis=1, keepdims=True))
-    flips = ref_logits.argmax(1) != onnx_logits.argmax(1)
-    top2 = np.sort(ref_logits, axis=1)[:, -2:]
-    ties = (top2[:, 1] - top2[:, 0]) <= 2 * diff.max(axis=1)
-    metrics = {"parity_images": int(len(images)), "max_abs_diff": float(diff.max()),
-               "mean_abs_diff": float(diff.mean()), "max_ref_logit": float(np.abs(ref_logits).max()),
-               "top1_agreement": float(1 - flips.mean()), "tie_flips": int((flips & ties).sum()),
-               "atol": atol, "rtol": rtol, "_onnx_logits": onnx_logits}
-    decisive = int((flips & ~ties).sum())
-    if excess.max() > 0 or decisive:
+        for batch in image_batches(images, batch_size):
+            stats.add(reference.infer(batch), candidate.infer(batch), atol, rtol)
+    metrics = {"parity_images": stats.images, "max_abs_diff": stats.max_diff,
+               "mean_abs_diff": stats.sum_diff / max(stats.values, 1), "max_ref_logit": stats.max_ref,
+               "top1_agreement": 1 - stats.flips / max(stats.images, 1), "tie_flips": stats.tie_flips,
+               "atol": atol, "rtol": rtol, "_onnx_logits": np.concatenate(stats.logits)}
+    decisive = stats.flips - stats.tie_flips
+    if stats.excess > 0 or decisive:
         raise ParityError(f"ONNX output differs from PyTorch: max abs diff {metrics['max_abs_diff']:.3e} "
                           f"(allowed {atol:.0e} + {rtol:.0e} x the image's largest |logit|), {decisive} top-1 disagreement(s) over "
-                          f"{len(images)} images; try --exporter torchscript or another --opset")
+                          f"{stats.images} images; try --exporter torchscript or another --opset")
     return metrics
+
+
+@dataclass
+class _ParityStats:
+    """Parity figures accumulated batch by batch."""
+
+    images: int = 0
+    values: int = 0
+    max_diff: float = 0.0
+    sum_diff: float = 0.0
+    max_ref: float = 0.0
+    excess: float = -np.inf
+    """Largest |ONNX - PyTorch| minus its allowance (positive: out of tolerance)."""
+    flips: int = 0
+    tie_flips: int = 0
+    logits: list[np.ndarray] = field(default_factory=list)
+
+    def add(self, ref: np.ndarray, out: np.ndarray, atol: float, rtol: float) -> None:
+        diff = np.abs(ref - out)
+        allowed = atol + rtol * np.abs(ref).max(axis=1, keepdims=True)
+        flips = ref.argmax(1) != out.argmax(1)
+        top2 = np.sort(ref, axis=1)[:, -2:]
+        ties = (top2[:, 1] - top2[:, 0]) <= 2 * diff.max(axis=1)
+        self.images += len(ref)
+        self.values += diff.size
+        self.max_diff = max(self.max_diff, float(diff.max()))
+        self.sum_diff += float(diff.sum(dtype=np.float64))
+        self.max_ref = max(self.max_ref, float(np.abs(ref).max()))
+        self.excess = max(self.excess, float((diff - allowed).max()))
+        self.flips += int(flips.sum())
+        self.tie_flips += int((flips & ties).sum())
+        self.logits.append(out)

@@ -8,33 +8,28 @@ improves, ``checkpoint.pt`` (the float model that later stages read).
 from __future__ import annotations
 
 import logging
-import math
 import os
-import random
-import shutil
-import time
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any, Literal
 
-import numpy as np
 
 from ._allocator import steady_allocator
-from ._console import progress_bar
-from ._io import atomic_path, sha256, write_json
-from .data import DatasetSplits, load_splits, make_loader
+from ._io import sha256
+from .data import DatasetSplits, load_splits
 from .errors import ConfigError, DatasetError, RunFolderError
+from .models import ModelBundle, build_model
 from .run.lock import StageLock
 from .run.manifest import Manifest
 from .run.split import SPLIT_NAME, write_split
-from .metrics import classification_metrics, plot_confusion_matrix
-from .models import ModelBundle, build_model
+from .train.strategies import STRATEGIES, layer_groups  # noqa: F401  (layer_groups: public helper)
+from .train.trainer import RESUMABLE, STAGE, FinetuneResult, Trainer
+
+_Trainer = Trainer  # the name tests and older callers use
 
 log = logging.getLogger(__name__)
 
 Strategy = Literal["linear-probe", "full", "gradual"]
-STRATEGIES = ("linear-probe", "full", "gradual")
-STAGE = "finetune"
 
 
 @dataclass
@@ -124,19 +119,7 @@ class FinetuneConfig:
         return cls(**{k: v for k, v in data.items() if k in names})
 
 
-@dataclass
-class FinetuneResult:
-    run_dir: Path
-    metrics: dict[str, Any]
-    history: list[dict[str, Any]] = field(default_factory=list)
-    wall_time_s: float = 0.0
-
-
 # -- public entry points ------------------------------------------------------------------
-
-RESUMABLE = ("epochs", "patience", "workers", "threads", "save_every_epoch")
-"""Options a resumed run may change; every other option is fixed by what the run was trained with."""
-
 
 def finetune(config: FinetuneConfig, *, overwrite: bool = False, progress: bool = True) -> FinetuneResult:
     """Train a new run from ``config``. An existing run folder is replaced only with ``overwrite``, and only
@@ -169,7 +152,7 @@ def finetune(config: FinetuneConfig, *, overwrite: bool = False, progress: bool 
             split_file = write_split(staging.path, splits.classes, splits.train, splits.val, splits.val_source)
             manifest.set("dataset", {**_dataset_record(splits, config), "split": SPLIT_NAME,
                                      "split_sha256": sha256(split_file)})
-            trainer = _Trainer(config, bundle, splits, manifest, progress=progress, staging=staging)
+            trainer = Trainer(config, bundle, splits, manifest, progress=progress, staging=staging)
             return trainer.run(fresh=True)
     finally:
         staging.discard()  # a run that never finished an epoch leaves nothing (and the old run intact)
@@ -202,7 +185,7 @@ def resume(run_dir: str | Path, *, progress: bool = True, epochs: int | None = N
         splits = _resumed_splits(manifest, config)
         bundle = build_model(manifest.model["name"], len(splits.classes), pretrained=False,
                              image_size=config.image_size)
-        trainer = _Trainer(config, bundle, splits, manifest, progress=progress)
+        trainer = Trainer(config, bundle, splits, manifest, progress=progress)
         trainer._restore()
         if "epochs" in changes and config.epochs <= trainer.epoch:
             raise ConfigError(f"{run_dir} has trained {trainer.epoch} epoch(s) already: --epochs must be more than "
@@ -275,358 +258,3 @@ def _dataset_record(splits: DatasetSplits, config: FinetuneConfig) -> dict[str, 
             "val_source": splits.val_source, "skipped_unreadable": splits.skipped,
             "converted_to_rgb": splits.converted,
             "skipped_files": [str(p) for s in splits.scans for p, _ in s.skipped]}
-
-
-def layer_groups(model: Any, heads: list[str]) -> list[list[Any]]:
-    """Backbone parameters in forward order, grouped by block (top-level children, sequences expanded)."""
-    head_ids = {id(p) for h in heads for p in model.get_submodule(h).parameters()}
-    groups = []
-    for _, child in model.named_children():
-        parts = list(child.children()) if len(list(child.children())) > 1 and type(child).__name__ in (
-            "Sequential", "ModuleList") else [child]
-        for part in parts:
-            params = [p for p in part.parameters() if id(p) not in head_ids]
-            if params:
-                groups.append(params)
-    return groups
-
-
-class _Trainer:
-    def __init__(self, config: FinetuneConfig, bundle: ModelBundle, splits: DatasetSplits, manifest: Manifest,
-                 progress: bool, staging: Any = None) -> None:
-        import torch
-
-        self.config, self.bundle, self.splits, self.manifest = config, bundle, splits, manifest
-        self.progress, self.staging = progress, staging
-        self.model = bundle.model
-        self.run_dir = manifest.run_dir
-        self.classes = splits.classes
-        self.head_params = [p for h in bundle.head for p in self.model.get_submodule(h).parameters()]
-        self.groups = layer_groups(self.model, bundle.head)
-        self.criterion = torch.nn.CrossEntropyLoss(label_smoothing=config.label_smoothing)
-        self.cached = config.strategy == "linear-probe" and config.cache_features
-        spec = bundle.preprocess
-        augment = config.augment and not self.cached
-        self.train_loader = make_loader(splits.train, spec.train_transform(augment), config.batch_size, shuffle=True,
-                                        workers=config.workers, seed=config.seed)
-        self.val_loader = make_loader(splits.val, spec.eval_transform(), config.batch_size, workers=config.workers)
-        self.steps_per_epoch = len(self.train_loader)
-        self.optimizer = self._make_optimizer()
-        self.scheduler = self._make_scheduler(self.steps_per_epoch)
-        self.history: list[dict[str, Any]] = []
-        self.epoch = 0
-        self.best = -1.0
-        self.best_epoch = -1
-        self.bad_epochs = 0
-
-    # -- setup ------------------------------------------------------------------------------
-    def _make_optimizer(self):
-        import torch
-
-        cfg = self.config
-        head_ids = {id(p) for p in self.head_params}
-        backbone = [p for p in self.model.parameters() if id(p) not in head_ids]
-        groups = [{"params": self.head_params, "lr": cfg.head_lr}]
-        if cfg.strategy != "linear-probe":
-            groups.append({"params": backbone, "lr": cfg.head_lr * cfg.backbone_lr_scale})
-        if cfg.optimizer == "sgd":
-            return torch.optim.SGD(groups, momentum=0.9, weight_decay=cfg.weight_decay, nesterov=True)
-        return torch.optim.AdamW(groups, weight_decay=cfg.weight_decay)
-
-    def _make_scheduler(self, steps_per_epoch: int):
-        import torch
-
-        total = max(1, self.config.epochs * steps_per_epoch)
-        warmup = 0 if self.config.strategy == "linear-probe" else int(self.config.warmup_epochs * steps_per_epoch)
-
-        def factor(step: int) -> float:
-            if step < warmup:
-                return (step + 1) / warmup
-            progress = (step - warmup) / max(1, total - warmup)
-            return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
-
-        return torch.optim.lr_scheduler.LambdaLR(self.optimizer, factor)
-
-    def _trainable_groups(self, epoch: int) -> int:
-        """How many backbone groups (from the top) train in ``epoch`` (0-based)."""
-        total = len(self.groups)
-        if self.config.strategy == "full":
-            return total
-        if self.config.strategy == "linear-probe":
-            return 0
-        ramp = max(1, math.ceil(self.config.epochs / 2))  # all unfrozen by half-way
-        elapsed = epoch + (1 if self.config.probe_epochs else 0)  # a probed head needs no head-only epoch
-        return min(total, math.ceil(total * elapsed / ramp))
-
-    def _apply_freezing(self, epoch: int) -> int:
-        n = self._trainable_groups(epoch)
-        for i, params in enumerate(self.groups):
-            trainable = i >= len(self.groups) - n
-            for p in params:
-                p.requires_grad_(trainable)
-        for p in self.head_params:
-            p.requires_grad_(True)
-        return n
-
-    @property
-    def freeze_bn(self) -> bool:
-        if self.config.freeze_bn is not None:
-            return self.config.freeze_bn
-        return self.config.pretrained or self.config.weights is not None
-
-    def _train_mode(self) -> None:
-        """Train mode, but BatchNorms of frozen layers (or all, with ``freeze_bn``) keep their statistics."""
-        import torch.nn as nn
-
-        self.model.train()
-        for module in self.model.modules():
-            if isinstance(module, nn.modules.batchnorm._BatchNorm):
-                if self.freeze_bn or not any(p.requires_grad for p in module.parameters(recurse=False)):
-                    module.eval()
-
-    # -- checkpoints ------------------------------------------------------------------------
-    def _state(self) -> dict[str, Any]:
-        import torch
-
-        return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
-                "scheduler": self.scheduler.state_dict(), "epoch": self.epoch, "best": self.best,
-                "best_epoch": self.best_epoch, "bad_epochs": self.bad_epochs, "history": self.history,
-                "rng": torch.get_rng_state(), "python_rng": random.getstate()}
-
-    def _save_training_state(self) -> None:
-        import torch
-
-        path = self.run_dir / "checkpoints" / "last.pt"
-        with atomic_path(path, suffix=".pt") as tmp:
-            torch.save(self._state(), tmp)
-        if self.config.save_every_epoch:
-            shutil.copyfile(path, self.run_dir / "checkpoints" / f"epoch_{self.epoch:03d}.pt")
-
-    def _save_best(self) -> None:
-        import torch
-
-        payload = {"state_dict": self.model.state_dict(), "model_name": self.bundle.name,
-                   "num_classes": len(self.classes), "classes": self.classes, "epoch": self.epoch,
-                   "image_size": self.bundle.preprocess.input_size}
-        with atomic_path(self.run_dir / "checkpoint.pt", suffix=".pt") as tmp:
-            torch.save(payload, tmp)
-
-    def _restore(self) -> None:
-        import torch
-
-        state = torch.load(self.run_dir / "checkpoints" / "last.pt", map_location="cpu", weights_only=True)
-        self.model.load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.scheduler.load_state_dict(state["scheduler"])
-        self.epoch, self.best, self.best_epoch = state["epoch"], state["best"], state["best_epoch"]
-        self.bad_epochs, self.history = state["bad_epochs"], state["history"]
-        torch.set_rng_state(state["rng"])
-        if "python_rng" in state:
-            random.setstate(state["python_rng"])
-        log.info("resuming %s after epoch %d (best val top-1 %.2f%% at epoch %d)", self.run_dir, self.epoch,
-                 100 * self.best, self.best_epoch)
-
-    # -- features (linear probe) ----------------------------------------------------------------
-    def _features(self, loader, progress, label: str):
-        """Backbone outputs (head swapped for identity) and labels for every image of ``loader``."""
-        import torch
-        import torch.nn as nn
-
-        from .models import get_submodule_parent
-
-        parent, attr = get_submodule_parent(self.model, self.bundle.head[0])
-        head = getattr(parent, attr)
-        setattr(parent, attr, nn.Identity())
-        self.model.eval()
-        feats, labels = [], []
-        task = progress.add_task(label, total=len(loader.dataset), status="")
-        try:
-            with torch.inference_mode():
-                for images, targets in loader:
-                    feats.append(self.model(images))
-                    labels.append(targets)
-                    progress.advance(task, len(targets))
-        finally:
-            setattr(parent, attr, head)
-        return torch.cat(feats), torch.cat(labels)
-
-    # -- loops ------------------------------------------------------------------------------
-    def _forward_loss(self, images, targets):
-        output = self.model(images)
-        if isinstance(output, tuple):  # InceptionV3 in training: (logits, aux_logits)
-            logits, aux = output[0], output[1]
-            return logits, self.criterion(logits, targets) + 0.4 * self.criterion(aux, targets)
-        return output, self.criterion(output, targets)
-
-    def _train_epoch(self, progress, task) -> tuple[float, float]:
-        import torch
-
-        self._train_mode()
-        self.train_loader.generator.manual_seed(self.config.seed + self.epoch)  # order = f(epoch): resumable
-        total_loss, correct, seen = 0.0, 0, 0
-        for images, targets in self.train_loader:
-            logits, loss = self._forward_loss(images, targets)
-            self.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            self.optimizer.step()
-            self.scheduler.step()
-            total_loss += loss.item() * len(targets)
-            correct += (logits.argmax(1) == targets).sum().item()
-            seen += len(targets)
-            progress.update(task, advance=len(targets), status=f"loss {total_loss / seen:.3f}")
-        return total_loss / seen, correct / seen
-
-    def _train_epoch_cached(self, feats, labels, generator, optimizer=None, scheduler=None) -> tuple[float, float]:
-        import torch
-
-        optimizer, scheduler = optimizer or self.optimizer, scheduler or self.scheduler
-        head = self.model.get_submodule(self.bundle.head[0])
-        head.train()
-        order = torch.randperm(len(labels), generator=generator)
-        total_loss, correct, seen = 0.0, 0, 0
-        for start in range(0, len(order), self.config.batch_size):
-            idx = order[start:start + self.config.batch_size]
-            if len(idx) == 1 and len(order) > 1:
-                continue  # as the image loader does: no batch of one
-            seen += len(idx)
-            logits = head(feats[idx])
-            loss = self.criterion(logits, labels[idx])
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            scheduler.step()
-            total_loss += loss.item() * len(idx)
-            correct += (logits.argmax(1) == labels[idx]).sum().item()
-        return total_loss / seen, correct / seen
-
-    def _probe_head(self, progress) -> float:
-        """LP-FT: fit the new head on cached backbone features before any backbone layer trains."""
-        import torch
-
-        cfg = self.config
-        loader = make_loader(self.splits.train, self.bundle.preprocess.eval_transform(), cfg.batch_size,
-                             workers=cfg.workers)
-        feats, labels = self._features(loader, progress, "probe features")
-        optimizer = torch.optim.AdamW(self.head_params, lr=3e-3, weight_decay=cfg.weight_decay)
-        steps = cfg.probe_epochs * math.ceil(len(labels) / cfg.batch_size)
-        scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, steps)
-        generator = torch.Generator().manual_seed(cfg.seed)
-        for _ in range(cfg.probe_epochs):
-            _, accuracy = self._train_epoch_cached(feats, labels, generator, optimizer, scheduler)
-        log.info("head fitted on cached features for %d epochs: train top-1 %.2f%%", cfg.probe_epochs, 100 * accuracy)
-        return accuracy
-
-    def _evaluate(self, feats=None, labels=None) -> tuple[np.ndarray, np.ndarray, float]:
-        import torch
-
-        self.model.eval()
-        with torch.inference_mode():
-            if feats is not None:
-                logits = self.model.get_submodule(self.bundle.head[0])(feats)
-                targets = labels
-            else:
-                outs, tgts = [], []
-                for images, batch_targets in self.val_loader:
-                    outs.append(self.model(images))
-                    tgts.append(batch_targets)
-                logits, targets = torch.cat(outs), torch.cat(tgts)
-            loss = torch.nn.functional.cross_entropy(logits, targets).item()
-        return logits.float().numpy(), targets.numpy(), loss
-
-    def run(self, fresh: bool) -> FinetuneResult:
-        """Train until ``epochs`` (or early stopping); the caller holds the run's finetune stage lock."""
-        cfg = self.config
-        if fresh:
-            self.manifest.begin(STAGE, cfg.to_dict())
-            self.manifest.add_artifact(STAGE, self.run_dir / SPLIT_NAME)
-            self.manifest.save()
-        else:
-            self.manifest.reopen(STAGE, {name: getattr(cfg, name) for name in RESUMABLE})
-        start = time.perf_counter()
-        elapsed_before = sum(h["time_s"] for h in self.history)
-        try:
-            with progress_bar(self.progress) as progress:
-                self._epochs(progress, fresh)
-        except BaseException as exc:
-            if self.staging is not None and not self.staging.promoted:
-                raise  # nothing worth keeping: the caller discards the staging folder
-            status = "interrupted" if isinstance(exc, KeyboardInterrupt) else "failed"
-            self.manifest.fail(STAGE, f"{type(exc).__name__}: {exc}"[:300], status)
-            log.error("fine-tuning %s; resume with: edgetl finetune --resume %s", status, self.run_dir)
-            raise
-        return self._finish(time.perf_counter() - start + elapsed_before)
-
-    def _epochs(self, progress, fresh: bool) -> None:
-        import torch
-
-        cfg = self.config
-        train_feats = val_feats = None
-        if self.cached:
-            loader = make_loader(self.splits.train, self.bundle.preprocess.eval_transform(), cfg.batch_size,
-                                 workers=cfg.workers)
-            train_feats = self._features(loader, progress, "features train")
-            val_feats = self._features(self.val_loader, progress, "features val")
-        if fresh and cfg.strategy == "gradual" and cfg.probe_epochs:
-            self._probe_head(progress)
-        epochs_task = progress.add_task("epochs", total=cfg.epochs, completed=self.epoch, status="")
-        while self.epoch < cfg.epochs:
-            epoch_start = time.perf_counter()
-            unfrozen = self._apply_freezing(self.epoch)
-            if self.cached:
-                generator = torch.Generator().manual_seed(cfg.seed + self.epoch)
-                train_loss, train_acc = self._train_epoch_cached(*train_feats, generator)
-                logits, labels, val_loss = self._evaluate(*val_feats)
-            else:
-                task = progress.add_task(f"epoch {self.epoch + 1}", total=len(self.splits.train), status="")
-                train_loss, train_acc = self._train_epoch(progress, task)
-                progress.remove_task(task)
-                logits, labels, val_loss = self._evaluate()
-            val_top1 = float((logits.argmax(1) == labels).mean())
-            self.epoch += 1
-            self.history.append({"epoch": self.epoch, "train_loss": round(train_loss, 5),
-                                 "train_top1": round(train_acc, 5), "val_loss": round(val_loss, 5),
-                                 "val_top1": round(val_top1, 5), "lr": self.optimizer.param_groups[0]["lr"],
-                                 "unfrozen_groups": unfrozen, "time_s": round(time.perf_counter() - epoch_start, 2)})
-            improved = self._end_epoch(val_top1)
-            progress.update(epochs_task, advance=1,
-                            status=f"val top-1 {100 * val_top1:.1f}% (best {100 * self.best:.1f}%)")
-            if not improved and cfg.patience and self.bad_epochs >= cfg.patience:
-                log.info("early stopping: no improvement for %d epochs", cfg.patience)
-                break
-
-    def _end_epoch(self, val_top1: float) -> bool:
-        """Checkpoints, then (first epoch of a new run) move the run into place; True when val improved."""
-        improved = val_top1 > self.best
-        if improved:
-            self.best, self.best_epoch, self.bad_epochs = val_top1, self.epoch, 0
-            self._save_best()
-        else:
-            self.bad_epochs += 1
-        self._save_training_state()
-        if self.staging is not None and not self.staging.promoted:
-            self.run_dir = self.manifest.run_dir = self.staging.promote()
-        h = self.history[-1]
-        log.info("epoch %d/%d  train loss %.3f  val loss %.3f  val top-1 %.2f%%%s  (%.0f s)", self.epoch,
-                 self.config.epochs, h["train_loss"], h["val_loss"], 100 * val_top1, " *" if improved else "",
-                 h["time_s"])
-        return improved
-
-    def _finish(self, wall: float) -> FinetuneResult:
-        import torch
-
-        best = torch.load(self.run_dir / "checkpoint.pt", map_location="cpu", weights_only=True)
-        self.model.load_state_dict(best["state_dict"])
-        logits, labels, val_loss = self._evaluate()
-        metrics = classification_metrics(logits, labels, self.classes)
-        metrics.update(val_loss=round(val_loss, 5), best_epoch=self.best_epoch, epochs_run=self.epoch,
-                       wall_time_s=round(wall, 1))
-        plot_confusion_matrix(metrics["confusion_matrix"], self.classes, self.run_dir / "confusion_matrix.png",
-                              title=f"{self.bundle.name} val top-1 {100 * metrics['top1']:.1f}%")
-        write_json(self.run_dir / "metrics.json", {"final": metrics, "history": self.history})
-        for name in ("checkpoint.pt", "metrics.json", "confusion_matrix.png"):
-            self.manifest.add_artifact(STAGE, self.run_dir / name, **({"runtime": "torch", "precision": "fp32",
-                                                                     "format": "pytorch"}
-                                                                    if name == "checkpoint.pt" else {}))
-        self.manifest.stages[STAGE]["history"] = self.history
-        self.manifest.finish(STAGE, metrics)
-        return FinetuneResult(self.run_dir, metrics, self.history, wall)

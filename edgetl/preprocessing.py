@@ -2,18 +2,26 @@
 
 A deployed model fed differently normalised pixels is the most common silent accuracy loss in
 this field, so the spec is explicit about every step and every consumer builds its transforms
-from it rather than retyping numbers.
+from it rather than retyping numbers. Evaluation, calibration and the torch-free runtime use
+:meth:`PreprocessSpec.apply` (PIL + numpy, equal to the torchvision eval transform); torchvision is
+kept for training (augmentation, validation loaders).
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass, replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .errors import ConfigError
 
+if TYPE_CHECKING:
+    import numpy as np
+    from PIL import Image
+
 INTERPOLATIONS = ("nearest", "bilinear", "bicubic")
+PIL_FILTERS = {"nearest": 0, "bilinear": 2, "bicubic": 3}
+"""PIL resampling filter per interpolation (Image.NEAREST, BILINEAR, BICUBIC), as torchvision maps them."""
 
 
 @dataclass(frozen=True)
@@ -68,8 +76,30 @@ class PreprocessSpec:
         fields = {k: v for k, v in data.items() if k in cls.__dataclass_fields__}
         return cls(**fields)
 
+    # -- PIL + numpy (no torch) ------------------------------------------------------------
+    def apply(self, image: Image.Image) -> np.ndarray:
+        """The eval pipeline without torch: float32 CHW, equal to ``eval_transform()(image)``.
+
+        Resize the shorter side with PIL's own filter (what torchvision does on PIL images), center crop,
+        scale to [0, 1], normalise. A non-RGB image is converted as :func:`to_rgb` does.
+        """
+        import numpy as np
+
+        if image.mode != "RGB":
+            image = to_rgb(image)
+        size = resized_size(image.width, image.height, self.resize_size)
+        if size != image.size:
+            image = image.resize(size, PIL_FILTERS[self.interpolation])
+        pixels = center_crop(np.asarray(image), self.input_size)
+        chw = pixels.transpose(2, 0, 1).astype(np.float32)
+        chw /= np.float32(255)  # ToTensor, then Normalize: the same float32 operations, in the same order
+        chw -= np.asarray(self.mean, np.float32)[:, None, None]
+        chw /= np.asarray(self.std, np.float32)[:, None, None]
+        return chw
+
     # -- torchvision transforms ------------------------------------------------------------
     def eval_transform(self):  # -> torchvision.transforms.Compose
+        """The eval pipeline as torchvision transforms (training-time validation loaders); see :meth:`apply`."""
         from torchvision import transforms as T
 
         return T.Compose([
@@ -98,3 +128,52 @@ def _tv_interp(name: str):
     from torchvision.transforms import InterpolationMode
 
     return InterpolationMode(name)
+
+
+def resized_size(width: int, height: int, shorter: int) -> tuple[int, int]:
+    """(width, height) after torchvision's ``Resize(shorter)``: the longer side is scaled and truncated."""
+    short, long = (width, height) if width <= height else (height, width)
+    new_long = int(shorter * long / short)
+    return (shorter, new_long) if width <= height else (new_long, shorter)
+
+
+def center_crop(pixels: np.ndarray, size: int) -> np.ndarray:
+    """torchvision's ``CenterCrop(size)`` of an HWC array: zero padding first where the image is smaller,
+    then the offsets ``int(round((side - size) / 2))`` (Python's round: halves go to even)."""
+    import numpy as np
+
+    height, width = pixels.shape[:2]
+    if size > height or size > width:
+        pad_h, pad_w = max(size - height, 0), max(size - width, 0)
+        pad = ((pad_h // 2, (pad_h + 1) // 2), (pad_w // 2, (pad_w + 1) // 2)) + ((0, 0),) * (pixels.ndim - 2)
+        pixels = np.pad(pixels, pad)
+        height, width = pixels.shape[:2]
+    top, left = int(round((height - size) / 2.0)), int(round((width - size) / 2.0))
+    return pixels[top:top + size, left:left + size]
+
+
+def _to_8bit_gray(image: Image.Image) -> Image.Image:
+    """A 16-bit ("I;16*", or "I" holding 0..65535) or float ("F") grayscale image scaled to "L"."""
+    import numpy as np
+    from PIL import Image
+
+    values = np.nan_to_num(np.asarray(image, dtype=np.float64))
+    if image.mode == "F":
+        if values.size and values.min() >= 0.0 and values.max() <= 1.0:
+            values = values * 255.0
+    elif image.mode != "I" or (values.size and values.min() >= 0 and values.max() <= 65535):
+        values = values / 257.0  # 65535 -> 255
+    return Image.fromarray(np.clip(np.rint(values), 0, 255).astype(np.uint8))
+
+
+def to_rgb(image: Image.Image) -> Image.Image:
+    """A new RGB image: transparency composited on white, 16-bit and float grayscale scaled (not clipped)."""
+    from PIL import Image
+
+    if image.mode.startswith("I;16") or image.mode in ("I", "F"):
+        return _to_8bit_gray(image).convert("RGB")
+    if image.mode in ("RGBA", "LA") or (image.mode == "P" and "transparency" in image.info):
+        image = image.convert("RGBA")
+        background = Image.new("RGBA", image.size, (255, 255, 255, 255))
+        return Image.alpha_composite(background, image).convert("RGB")
+    return image.convert("RGB")

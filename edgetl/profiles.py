@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from .errors import TargetError, did_you_mean
+from .errors import EdgetlError, TargetError, did_you_mean
 
 PRECISIONS = ("fp32", "fp16", "int8")
 
@@ -24,7 +24,7 @@ class TargetProfile:
     description: str
     """One line for humans."""
     runtime: str
-    """Runner registry name (``openvino``, ``tensorrt``) that builds and runs the artifact."""
+    """Runtime registry name (``openvino``, ``tensorrt``) that runs the artifact."""
     device: str
     """Device string the runtime is given (OpenVINO: ``CPU``)."""
     precisions: tuple[str, ...]
@@ -35,14 +35,33 @@ class TargetProfile:
     """Options for the runner that evaluates and times the artifact."""
     quantization: dict[str, Any] = field(default_factory=dict)
     """Backend-specific INT8 settings (e.g. NNCF preset)."""
+    toolchain: str = ""
+    """Toolchain (:mod:`edgetl.toolchains`) that builds the artifact (default: the one named like ``runtime``)."""
 
     def __post_init__(self) -> None:
+        if not self.toolchain:
+            object.__setattr__(self, "toolchain", self.runtime)
         unknown = [p for p in self.precisions if p not in PRECISIONS]
         if unknown or not self.precisions:
             raise TargetError(f"target {self.name}: precisions must be some of {PRECISIONS}, got {list(self.precisions)}")
         if self.default_precision not in self.precisions:
             raise TargetError(f"target {self.name}: default precision {self.default_precision!r} "
                               f"is not one of its precisions {list(self.precisions)}")
+        self._check_runner_options()
+
+    def _check_runner_options(self) -> None:
+        """The runtime is known and its runner takes ``runner_options`` and ``device`` (checked before any work)."""
+        from .backends import runtime_spec
+
+        if "device" in self.runner_options:
+            raise TargetError(f"target {self.name}: set the device with the profile's `device:` key, "
+                              "not in runner_options")
+        try:
+            runner = runtime_spec(self.runtime).runner_class()
+            device = {"device": self.device} if "device" in runner.option_names else {}
+            runner.check_options({**self.runner_options, **device})
+        except EdgetlError as exc:
+            raise TargetError(f"target {self.name}: {exc}") from None
 
     def check_precision(self, precision: str | None) -> str:
         """``precision`` (or the default) if this target serves it, else a :class:`TargetError`."""
@@ -63,6 +82,7 @@ class TargetProfile:
             raise TargetError(f"target profile {source or data['name']} has unknown keys {unknown}")
         precisions = tuple(data["precisions"])
         return cls(name=data["name"], description=data.get("description", ""), runtime=data["runtime"],
+                   toolchain=data.get("toolchain", ""),
                    device=data["device"], precisions=precisions,
                    default_precision=data.get("default_precision", precisions[0]),
                    runner_options=dict(data.get("runner_options") or {}),

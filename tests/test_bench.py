@@ -322,3 +322,88 @@ def test_openvino_fp32_ir_measured_twice(run):
     assert true_fp32["precision_executed"] == "fp32" and true_fp32["runner"]["extra"]["inference_precision_hint"] == "fp32"
     assert true_fp32["vs_reference"]["max_abs_logit_diff"] < 1e-3
     assert true_fp32["size_bytes"] > 0 and true_fp32["key"].endswith("model.xml#f32-hint")
+
+
+def test_two_runs_in_one_table_with_run_qualified_keys(tiny_run: Path, tmp_path: Path):
+    """A model and its derived run (here: a copy standing in for a pruned child) side by side."""
+    import shutil
+
+    child = tmp_path / "child"
+    shutil.copytree(tiny_run, child, ignore=shutil.ignore_patterns(".locks", "bench"))
+    report = benchmark([tiny_run, child], BenchConfig(rounds=1, iterations=2, memory=False,
+                                                     output=str(tmp_path / "out"), runtimes=("torch", "onnxruntime")))
+    keys = [r["key"] for r in report.results]
+    assert keys == [f"{tiny_run.name}/checkpoint.pt", f"{tiny_run.name}/onnx/model.onnx",
+                    "child/checkpoint.pt", "child/onnx/model.onnx"]
+    assert len({r["label"] for r in report.results}) == 4 and report.results[2]["label"].startswith("child: ")
+    assert all(r["status"] == "ok" for r in report.results)
+    assert report.data["reference"] == report.results[0]["label"]  # the first run's float model
+    assert (tmp_path / "out" / "report.json").is_file()
+
+
+# -- which errors mark an artifact failed -------------------------------------------------------------------
+def _static_batch_onnx(size: int) -> bytes:
+    """A valid ONNX model for the 3-class tiny run (scores: the mean of each colour channel) that takes exactly
+    one image: ONNX Runtime itself rejects any other batch."""
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph(
+        [helper.make_node("GlobalAveragePool", ["x"], ["pooled"]), helper.make_node("Flatten", ["pooled"], ["y"])],
+        "static", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, size, size])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 3])])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8).SerializeToString()
+
+
+def test_runtime_errors_fail_their_artifact_and_the_others_get_numbers(run):
+    """A damaged file (sha256 check bypassed) and ONNX Runtime's own error at inference each fail one artifact."""
+    size = Manifest.load(run).preprocessing["input_size"]
+    _record(run, "static/model.onnx", _static_batch_onnx(size), runtime="onnxruntime", precision="fp32",
+            format="onnx")
+    (run / "onnx" / "model.onnx").write_bytes(b"damaged after export")
+    report = benchmark(run, BenchConfig(**{**FAST, "batch_sizes": (1,), "verify": False}), progress=False)
+    by_key = {r["key"]: r for r in report.results}
+    assert by_key["onnx/model.onnx"]["status"] == "failed" and "ONNX" in by_key["onnx/model.onnx"]["reason"]
+    static = by_key["static/model.onnx"]  # loads and passes the one-image check; ORT rejects the accuracy batch
+    assert static["status"] == "failed" and static["reason"].startswith("InvalidArgument"), static["reason"]
+    torch_row = by_key["checkpoint.pt"]
+    assert torch_row["status"] == "ok" and torch_row["latency"] and torch_row["accuracy"]
+    assert report.data["reference"] == torch_row["label"]
+
+
+@pytest.mark.parametrize("phase", ["load", "accuracy pass"])
+def test_a_bug_in_edgetl_code_keeps_its_traceback(run, monkeypatch, phase):
+    """A TypeError/AttributeError raised by edgetl's own runner code is a bug, never a "failed" row."""
+    from edgetl.backends.onnxruntime import OnnxRuntimeRunner
+
+    real_load, real_infer = OnnxRuntimeRunner._load_impl, OnnxRuntimeRunner._infer_impl
+    calls = []
+
+    def load(self):
+        real_load(self)
+        if phase == "load":
+            self.session = None  # describe() then calls None.get_providers() in edgetl's runner
+
+    def infer(self, batch):
+        calls.append(len(batch))
+        if phase == "accuracy pass" and len(calls) == 2:  # after the one-image check at load
+            self.input_name = [self.input_name]  # a list as a dict key in edgetl's _infer_impl
+        return real_infer(self, batch)
+
+    monkeypatch.setattr(OnnxRuntimeRunner, "_load_impl", load)
+    monkeypatch.setattr(OnnxRuntimeRunner, "_infer_impl", infer)
+    with pytest.raises(AttributeError if phase == "load" else TypeError) as info:
+        benchmark(run, BenchConfig(**{**FAST, "batch_sizes": (1,), "runtimes": ("onnxruntime",)}), progress=False)
+    assert info.traceback[-1].frame.f_globals["__name__"] == "edgetl.backends.onnxruntime"
+
+
+def test_is_edgetl_bug():
+    from edgetl.bench import is_edgetl_bug
+
+    with pytest.raises(KeyError) as in_edgetl:
+        compare_reports({}, {})  # a KeyError raised in edgetl.bench.compare
+    with pytest.raises(KeyError) as elsewhere:
+        {}["results"]
+    with pytest.raises(ConfigError) as ours:
+        bench.parse_batch_sizes("x")
+    assert is_edgetl_bug(in_edgetl.value)
+    assert not is_edgetl_bug(elsewhere.value) and not is_edgetl_bug(ours.value)

@@ -8,8 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from edgetl import bench
-from edgetl.bench import SCHEMA_VERSION, BenchConfig, benchmark, load_report
+from edgetl.bench import SCHEMA_VERSION, BenchConfig, benchmark, harness, load_report
 from edgetl.errors import ConfigError
 
 FAST = dict(batch_sizes=(1,), warmup=1, iterations=3, rounds=1, round_time_s=0.2, min_iterations=2, memory=False,
@@ -73,7 +72,7 @@ def test_bad_compare_file_fails_before_measuring(run, tmp_path, monkeypatch, con
     def measure(*args, **kwargs):
         pytest.fail("benchmark measured before checking the --compare file")
 
-    monkeypatch.setattr(bench, "_measure", measure)
+    monkeypatch.setattr(harness, "_measure", measure)
     old = tmp_path / "old.json"
     if content is not None:
         old.write_text(content)
@@ -85,9 +84,9 @@ def test_bad_compare_file_fails_before_measuring(run, tmp_path, monkeypatch, con
 def test_compare_file_is_read_once_before_measuring(run, tmp_path, monkeypatch):
     old = Path(shutil.copy(benchmark(run, BenchConfig(**FAST), progress=False).files["json"], tmp_path / "old.json"))
     calls = []
-    real_load, real_measure = bench.load_report, bench._measure
-    monkeypatch.setattr(bench, "load_report", lambda path: calls.append("load") or real_load(path))
-    monkeypatch.setattr(bench, "_measure", lambda *a, **k: calls.append("measure") or real_measure(*a, **k))
+    real_load, real_measure = harness.load_report, harness._measure
+    monkeypatch.setattr(harness, "load_report", lambda path: calls.append("load") or real_load(path))
+    monkeypatch.setattr(harness, "_measure", lambda *a, **k: calls.append("measure") or real_measure(*a, **k))
     report = benchmark(run, BenchConfig(**FAST, compare=str(old)), progress=False)
     assert calls == ["load", "measure"]  # a real report passes the checks, and is read once, first
     comparison = report.data["comparison"]

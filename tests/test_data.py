@@ -192,3 +192,103 @@ def test_runs_class_with_images_is_kept(tmp_path: Path):
     (root / "runs" / "x").mkdir()
     (root / "runs" / "x" / "edgetl.json").write_text("{}")
     assert scan_image_folder(root).classes == ["cats", "runs"]
+
+
+# -- streaming evaluation images -------------------------------------------------------------
+
+def _eval_samples(tmp_path: Path) -> list[tuple[Path, int]]:
+    """Three classes, 7 images each, in an interleaved (non-sorted) order."""
+    root = make_image_folder(tmp_path / "eval", classes=("cats", "dogs", "birds"), per_class=7, size=24)
+    scan = scan_image_folder(root)
+    return scan.samples[::2] + scan.samples[1::2]
+
+
+def _counting_load_rgb(monkeypatch) -> list[Path]:
+    import edgetl.data
+
+    calls: list[Path] = []
+    real = edgetl.data.load_rgb
+
+    def counted(path):
+        calls.append(path)
+        return real(path)
+
+    monkeypatch.setattr(edgetl.data, "load_rgb", counted)
+    return calls
+
+
+def test_iter_batches_keeps_order_labels_and_pixels(tmp_path: Path):
+    import numpy as np
+
+    from edgetl.data import iter_batches
+    from edgetl.preprocessing import PreprocessSpec
+
+    samples = _eval_samples(tmp_path)
+    spec = PreprocessSpec(input_size=16, resize_size=20)
+    batches = list(iter_batches(samples, spec, 4, workers=3))
+    assert [len(images) for images, _ in batches] == [4, 4, 4, 4, 4, 1]
+    images = np.concatenate([b for b, _ in batches])
+    labels = np.concatenate([lab for _, lab in batches])
+    assert images.dtype == np.float32 and images.shape == (21, 3, 16, 16) and labels.dtype == np.int64
+    assert labels.tolist() == [label for _, label in samples]
+    np.testing.assert_array_equal(images, np.stack([spec.apply(load_rgb(p)) for p, _ in samples]))
+
+
+def test_iter_batches_is_lazy(tmp_path: Path, monkeypatch):
+    """Nothing is decoded until the first batch is asked for; then that batch and at most the next one."""
+    import inspect
+    import time
+
+    from edgetl.data import iter_batches
+    from edgetl.preprocessing import PreprocessSpec
+
+    calls = _counting_load_rgb(monkeypatch)
+    stream = iter_batches(_eval_samples(tmp_path), PreprocessSpec(input_size=16, resize_size=20), 3)
+    assert inspect.isgenerator(stream) and calls == []
+    images, _ = next(stream)
+    time.sleep(0.5)  # time for the pool to decode whatever it was given (21 tiny images take ~20 ms)
+    assert len(images) == 3 and 3 <= len(calls) <= 6  # this batch + the one decoded ahead
+    next(stream)
+    time.sleep(0.5)
+    assert 6 <= len(calls) <= 9
+    stream.close()
+    assert len(calls) <= 9
+
+
+def test_eval_images_decode_only_what_is_asked(tmp_path: Path, monkeypatch):
+    import numpy as np
+
+    from edgetl.data import EvalImages, image_batches, load_array
+    from edgetl.preprocessing import PreprocessSpec
+
+    samples = _eval_samples(tmp_path)
+    spec = PreprocessSpec(input_size=16, resize_size=20)
+    images = EvalImages(samples, spec)
+    calls = _counting_load_rgb(monkeypatch)
+    assert len(images) == 21 and images.shape == (21, 3, 16, 16) and calls == []
+    assert images.labels.tolist() == [label for _, label in samples]
+    head = images[:5]
+    assert head.shape == (5, 3, 16, 16) and sorted(calls) == sorted(p for p, _ in samples[:5])
+    np.testing.assert_array_equal(images[7], spec.apply(load_rgb(samples[7][0])))
+    whole, labels = load_array(samples, spec)
+    np.testing.assert_array_equal(np.concatenate(list(image_batches(images, 8))), whole)
+    np.testing.assert_array_equal(np.concatenate(list(image_batches(whole, 8))), whole)
+    assert labels.tolist() == images.labels.tolist()
+
+
+def test_iter_batches_errors(tmp_path: Path):
+    from edgetl.data import EvalImages, iter_batches
+    from edgetl.errors import ConfigError
+    from edgetl.preprocessing import PreprocessSpec
+
+    spec = PreprocessSpec(input_size=16, resize_size=20)
+    with pytest.raises(DatasetError, match="no images"):
+        iter_batches([], spec)
+    with pytest.raises(DatasetError, match="no images"):
+        EvalImages([], spec)
+    samples = _eval_samples(tmp_path)
+    with pytest.raises(ConfigError, match="batch size"):
+        iter_batches(samples, spec, 0)
+    samples[5][0].write_bytes(b"gone bad after the scan")
+    with pytest.raises(DatasetError, match=f"could not read .*{samples[5][0].name}"):
+        list(iter_batches(samples, spec, 4))

@@ -40,3 +40,42 @@ def test_precision_the_target_cannot_serve():
 def test_bad_profiles_are_rejected(data, match):
     with pytest.raises(TargetError, match=match):
         TargetProfile.from_dict(data)
+
+
+# -- runner options and quantization settings are checked when the profile is read ------------------------
+def _profile(**changes) -> dict:
+    return {"name": "x", "runtime": "openvino", "device": "CPU", "precisions": ["fp32"], **changes}
+
+
+@pytest.mark.parametrize("data, match", [
+    (_profile(runner_options={"performance_hnt": "LATENCY"}),
+     r"^target x: openvino runner does not take option 'performance_hnt'\. Did you mean: performance_hint\?"),
+    (_profile(runner_options={"performance_hint": "FAST"}), r"^target x: performance_hint must be one of"),
+    (_profile(runner_options={"device": "GPU"}), r"set the device with the profile's `device:` key"),
+    (_profile(runtime="openvno"), r"^target x: unknown runtime 'openvno'\. Did you mean: openvino\?"),
+    (_profile(runtime="onnxruntime", runner_options={"streams": 2}),
+     r"onnxruntime runner does not take option 'streams'"),
+])
+def test_bad_runner_options_are_rejected_on_load(data, match):
+    with pytest.raises(TargetError, match=match):
+        TargetProfile.from_dict(data)
+
+
+def test_device_is_checked_as_a_runner_option():
+    assert TargetProfile.from_dict(_profile(device="GPU")).device == "GPU"  # availability is checked at load()
+    with pytest.raises(TargetError, match=r"openvino runner device must be an OpenVINO device name"):
+        TargetProfile.from_dict(_profile(device=""))
+
+
+def test_quantization_block_typo_is_an_error():
+    from edgetl.compress.quantize import QuantizeSettings
+    from edgetl.errors import ConfigError
+
+    shipped = QuantizeSettings.from_dict(load_target("intel-cpu").quantization, source="intel-cpu.yaml")
+    assert shipped.preset == "performance" and shipped.fast_bias_correction is True
+    with pytest.raises(ConfigError, match=r"^intel-cpu\.yaml quantization setting 'fast_bias_corection' is "
+                                          r"unknown\. Did you mean: fast_bias_correction\? "
+                                          r"It takes: preset, fast_bias_correction$"):
+        QuantizeSettings.from_dict({"fast_bias_corection": False}, source="intel-cpu.yaml")
+    with pytest.raises(ConfigError, match="preset must be one of performance, mixed, not 'mixd'"):
+        QuantizeSettings.from_dict({"preset": "mixd"})

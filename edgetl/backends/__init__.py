@@ -1,35 +1,18 @@
 """Runtime backends: one module per runtime, each exposing a :class:`~edgetl.backends.base.Runner`.
 
-Modules are imported only when their runtime is used, so ``import edgetl`` and the CLI start
-without OpenVINO or TensorRT installed.
+The runtimes are listed once, in :data:`RUNTIMES` (``_registry.py``). Modules are imported only
+when their runtime is used, so ``import edgetl`` and the CLI start without OpenVINO or TensorRT
+installed. Adding a runtime is one module here plus one row in the table.
 """
 
 from __future__ import annotations
 
-import importlib
-
-from ..errors import EdgetlError, did_you_mean
+from ._registry import (RUNTIMES, RuntimeSpec, create_runner, extension_runtimes, runner_class,
+                        runtime_for_suffix, runtime_spec)
 from .base import Runner, RunnerInfo
 
-# runtime name -> "module:RunnerClass"
-RUNNERS = {
-    "torch": "edgetl.backends.torch_eager:TorchRunner",
-    "onnxruntime": "edgetl.backends.onnxruntime:OnnxRuntimeRunner",
-    "openvino": "edgetl.backends.openvino:OpenVINORunner",
-    "tensorrt": "edgetl.backends.tensorrt:TensorRTRunner",
-}
+RUNNERS = {name: spec.runner for name, spec in RUNTIMES.items()}
+"""runtime name -> ``module:RunnerClass`` (a view of :data:`RUNTIMES`)."""
 
-
-def runner_class(runtime: str) -> type[Runner]:
-    """The runner class for ``runtime`` (imports its module, not the runtime library itself)."""
-    if runtime not in RUNNERS:
-        raise EdgetlError(f"unknown runtime {runtime!r}.{did_you_mean(runtime, list(RUNNERS))}")
-    module_name, _, class_name = RUNNERS[runtime].partition(":")
-    return getattr(importlib.import_module(module_name), class_name)
-
-
-def create_runner(runtime: str, artifact, **options) -> Runner:
-    return runner_class(runtime)(artifact, **options)
-
-
-__all__ = ["RUNNERS", "Runner", "RunnerInfo", "create_runner", "runner_class"]
+__all__ = ["RUNNERS", "RUNTIMES", "Runner", "RunnerInfo", "RuntimeSpec", "create_runner",
+           "extension_runtimes", "runner_class", "runtime_for_suffix", "runtime_spec"]

@@ -10,13 +10,14 @@ Runners are context managers; ``infer`` loads on first use.
 from __future__ import annotations
 
 import abc
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 
-from ..errors import EdgetlError
+from ..errors import ConfigError, EdgetlError, did_you_mean
 
 
 @dataclass
@@ -38,12 +39,29 @@ class RunnerInfo:
 class Runner(abc.ABC):
     runtime: str = ""
     """Registry name of the runtime (``torch``, ``onnxruntime``, ``openvino``, ``tensorrt``)."""
+    option_names: ClassVar[tuple[str, ...]] = ("threads",)
+    """Keyword options the constructor takes; anything else is a :class:`ConfigError`, never ignored."""
 
-    def __init__(self, artifact: str | Path, *, threads: int | None = None, **options: Any) -> None:
+    def __init__(self, artifact: str | Path, *, threads: int | None = None, **unknown: Any) -> None:
+        if unknown:
+            raise self._unknown_option(next(iter(unknown)))
         self.artifact = Path(artifact)
         self.threads = threads
-        self.options = options
         self.loaded = False
+
+    @classmethod
+    def check_options(cls, options: Mapping[str, Any]) -> None:
+        """Raise :class:`ConfigError` unless this runner takes ``options`` (names, then values);
+        loads nothing, so a profile's or a manifest's options can be checked before any work."""
+        for name in options:
+            if name not in cls.option_names:
+                raise cls._unknown_option(name)
+        cls("<options check>", **options)  # the constructor validates values without loading anything
+
+    @classmethod
+    def _unknown_option(cls, name: str) -> ConfigError:
+        return ConfigError(f"{cls.runtime} runner does not take option {name!r}.{did_you_mean(name, cls.option_names)}"
+                           f" It takes: {', '.join(cls.option_names)}")
 
     # -- public API (validates, then calls the backend's _impl) ----------------------------
     def load(self) -> Runner:

@@ -7,20 +7,20 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import EdgetlError, MissingBackendError
+from ..errors import EdgetlError
 from .base import Runner, RunnerInfo
 
 
 def import_onnxruntime():
-    try:
-        import onnxruntime
-    except ImportError as exc:
-        raise MissingBackendError("onnxruntime", "onnx", "ONNX inference") from exc
-    return onnxruntime
+    """``onnxruntime``, or :class:`MissingBackendError` with the install hint."""
+    from ._registry import RUNTIMES
+
+    return RUNTIMES["onnxruntime"].import_library()
 
 
 class OnnxRuntimeRunner(Runner):
     runtime = "onnxruntime"
+    option_names = ("threads", "providers")
 
     def __init__(self, artifact: str | Path, *, threads: int | None = None,
                  providers: tuple[str, ...] = ("CPUExecutionProvider",), **options: Any) -> None:

@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import ConfigError, MissingBackendError
+from ..errors import ConfigError, TargetError
 from .base import Runner, RunnerInfo
 
 # runtime-model layer types that carry the arithmetic (their precision is "the" precision)
@@ -24,14 +24,32 @@ _PRECISION_NAMES = {"f32": "fp32", "float32": "fp32", "bf16": "bf16", "bfloat16"
                     "float16": "fp16", "u8": "int8", "i8": "int8"}
 PRECISION_HINTS = (None, "f32", "bf16", "f16")
 PERFORMANCE_HINTS = ("LATENCY", "THROUGHPUT", "CUMULATIVE_THROUGHPUT")
+# devices that schedule onto others, named after the colon: AUTO:GPU,CPU / HETERO:GPU,CPU
+_VIRTUAL_DEVICES = ("AUTO", "MULTI", "HETERO", "BATCH")
 
 
 def import_openvino():
-    try:
-        import openvino
-    except ImportError as exc:
-        raise MissingBackendError("openvino", "openvino", "Intel CPU targets") from exc
-    return openvino
+    """``openvino``, or :class:`MissingBackendError` with the install hint."""
+    from ._registry import RUNTIMES
+
+    return RUNTIMES["openvino"].import_library()
+
+
+def check_device(device: str, available: list[str] | tuple[str, ...]) -> None:
+    """Raise :class:`TargetError` unless OpenVINO's ``available`` devices can serve ``device``.
+
+    ``GPU`` is served by ``GPU.0``; ``AUTO`` needs nothing; ``AUTO:GPU,CPU`` needs each device it names.
+    """
+    kind, _, listed = device.partition(":")
+    if kind in _VIRTUAL_DEVICES:
+        wanted = [d.split("(")[0].strip() for d in listed.split(",") if d.strip()]
+    else:
+        wanted = [device]
+    missing = [d for d in wanted if not any(a == d or a.split(".")[0] == d for a in available)]
+    if missing:
+        raise TargetError(f"OpenVINO device {missing[0]!r} is not available on this machine (OpenVINO sees: "
+                          f"{', '.join(available) or 'none'}): build and run for {missing[0]} on a machine that has "
+                          "it, or choose a target for this one (`edgetl doctor` lists its devices)")
 
 
 def precision_name(element_type: Any) -> str:
@@ -113,11 +131,15 @@ class OpenVINORunner(Runner):
     """
 
     runtime = "openvino"
+    option_names = ("threads", "precision_hint", "performance_hint", "streams", "device")
 
     def __init__(self, artifact: str | Path, *, threads: int | None = None, precision_hint: str | None = None,
                  performance_hint: str | None = "LATENCY", streams: int | None = None, device: str = "CPU",
                  **options: Any) -> None:
         super().__init__(artifact, threads=threads, **options)
+        if not isinstance(device, str) or not device.strip():
+            raise ConfigError(f"openvino runner device must be an OpenVINO device name such as CPU or GPU, "
+                              f"not {device!r}")
         if precision_hint not in PRECISION_HINTS:
             raise ConfigError(f"precision_hint must be one of {PRECISION_HINTS}, not {precision_hint!r}")
         if performance_hint is not None and performance_hint not in PERFORMANCE_HINTS:
@@ -127,7 +149,7 @@ class OpenVINORunner(Runner):
         self.precision_hint = precision_hint
         self.performance_hint = performance_hint
         self.streams = streams
-        self.device = device
+        self.device = device.strip().upper()
         self.core = self.model = None
         self._compiled: dict[tuple[int, ...], tuple[Any, Any]] = {}  # shape -> (compiled model, request)
         self._last: Any = None
@@ -149,14 +171,19 @@ class OpenVINORunner(Runner):
     def from_model(cls, model: Any, **options: Any) -> OpenVINORunner:
         """A runner over an in-memory ``openvino.Model`` (e.g. a quantization candidate not yet saved)."""
         runner = cls("<in-memory>", **options)
-        runner.core, runner.model = import_openvino().Core(), model
+        runner.core, runner.model = runner._new_core(), model
         runner._compile_first()
         runner.loaded = True
         return runner
 
+    def _new_core(self) -> Any:
+        """An ``openvino.Core``, after checking that this machine has the device (never a silent CPU run)."""
+        core = import_openvino().Core()
+        check_device(self.device, list(core.available_devices))
+        return core
+
     def _load_impl(self) -> None:
-        ov = import_openvino()
-        self.core = ov.Core()
+        self.core = self._new_core()
         self.model = self.core.read_model(str(self.artifact))
         self._compile_first()
 

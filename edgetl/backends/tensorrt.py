@@ -15,16 +15,15 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import MissingBackendError, ModelError, TargetError
+from ..errors import ConfigError, ModelError, TargetError
 from .base import Runner, RunnerInfo
 
 
 def import_tensorrt():
-    try:
-        import tensorrt
-    except ImportError as exc:
-        raise MissingBackendError("tensorrt", "tensorrt", "TensorRT engines") from exc
-    return tensorrt
+    """``tensorrt`` (>= 10, the name-based tensor API), or :class:`MissingBackendError` with the install hint."""
+    from ._registry import RUNTIMES
+
+    return RUNTIMES["tensorrt"].import_library()
 
 
 def _torch_dtype(trt: Any, dtype: Any):
@@ -38,6 +37,17 @@ def _torch_dtype(trt: Any, dtype: Any):
     if dtype not in table:
         raise ModelError(f"TensorRT I/O tensor type {dtype} is not supported by edgetl's runner")
     return table[dtype]
+
+
+def _cuda_index(device: int | str) -> int:
+    """CUDA device index from ``0``, ``"cuda:1"``, ``"GPU"`` or ``"GPU.1"`` (a profile's device name)."""
+    text = str(device).strip().lower()
+    for prefix in ("cuda", "gpu"):
+        if text.startswith(prefix):
+            text = text[len(prefix):].lstrip(":.") or "0"
+    if not text.isdigit():
+        raise ConfigError(f"tensorrt runner device must be a CUDA device such as 0, cuda:1 or GPU, not {device!r}")
+    return int(text)
 
 
 def read_sidecar(engine: Path) -> dict[str, Any]:
@@ -55,10 +65,12 @@ class TensorRTRunner(Runner):
     """One engine, one execution context, one CUDA stream (optimization profile 0)."""
 
     runtime = "tensorrt"
+    option_names = ("threads", "device")
 
-    def __init__(self, artifact: str | Path, *, threads: int | None = None, device: int = 0, **options: Any) -> None:
+    def __init__(self, artifact: str | Path, *, threads: int | None = None, device: int | str = 0,
+                 **options: Any) -> None:
         super().__init__(artifact, threads=threads, **options)
-        self.device = device
+        self.device = _cuda_index(device)
         self.engine = self.context = self.stream = None
         self.sidecar: dict[str, Any] = {}
 
@@ -68,6 +80,10 @@ class TensorRTRunner(Runner):
 
         if not torch.cuda.is_available():
             raise TargetError(f"{self.artifact} is a TensorRT engine and needs an NVIDIA GPU; none is visible")
+        count = torch.cuda.device_count()
+        if self.device >= count:
+            raise TargetError(f"CUDA device {self.device} is not available on this machine ({count} visible): "
+                              f"choose device 0..{count - 1}")
         self.sidecar = read_sidecar(self.artifact)
         self._check_compatibility(trt, torch)
         self._logger = trt.Logger(trt.Logger.WARNING)

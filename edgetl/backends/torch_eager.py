@@ -14,6 +14,7 @@ class TorchRunner(Runner):
     """Runs a run folder's ``checkpoint.pt`` (or an in-memory module via :meth:`from_module`)."""
 
     runtime = "torch"
+    option_names = ("threads",)
 
     def __init__(self, artifact: str | Path, *, threads: int | None = None, **options: Any) -> None:
         super().__init__(artifact, threads=threads, **options)

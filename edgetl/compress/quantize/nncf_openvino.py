@@ -1,24 +1,21 @@
-"""INT8 post-training quantization of OpenVINO models with NNCF, plus a per-layer sensitivity report.
-
-Calibration images are sampled class-balanced from the run's training split (or ``--calib-data``)
-and preprocessed with the run's own spec; they are decoded lazily, one at a time, so a large
-calibration set does not have to fit in memory.
-"""
+"""NNCF post-training quantization of OpenVINO models: the quantizer backend of the OpenVINO toolchain,
+plus a per-layer sensitivity report (where INT8 error enters)."""
 
 from __future__ import annotations
 
 import logging
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 
-from .._console import stdout_to_stderr
-from ..backends.openvino import COMPUTE_LAYERS, import_openvino
-from ..data import balanced_sample, load_rgb, run_eval_samples, scan_image_folder
-from ..errors import DatasetError, MissingBackendError
+from ..._console import stdout_to_stderr
+from ...backends.openvino import COMPUTE_LAYERS, import_openvino  # noqa: F401  (COMPUTE_LAYERS: re-exported)
+from ...errors import ConfigError, did_you_mean
+from .backend import QuantizerBackend
+from .calibration import CalibrationImages, LabelledImages
 
 log = logging.getLogger(__name__)
 INPUT_SQNR_DB = 6.02 * 8 + 1.76  # SQNR of a full-scale signal quantized to 8 bits
@@ -26,46 +23,10 @@ QUANTIZED_OP_TYPES = ("Convolution", "GroupConvolution", "MatMul", "ConvolutionB
 
 
 def import_nncf():
-    try:
-        import nncf
-    except ImportError as exc:
-        raise MissingBackendError("nncf", "openvino", "INT8 quantization") from exc
-    return nncf
+    """``nncf``, or :class:`MissingBackendError` with the install hint."""
+    from ..._lazy import lazy_import
 
-
-# -- calibration data ---------------------------------------------------------------------
-
-def calibration_samples(manifest: Any, calib_data: str | Path | None, size: int, seed: int = 0
-                        ) -> list[tuple[Path, int]]:
-    """Up to ``size`` class-balanced images of the run's classes; warns when fewer are available."""
-    if calib_data is not None:
-        try:
-            pool = scan_image_folder(Path(calib_data), classes=manifest.classes).samples
-        except DatasetError as exc:
-            raise DatasetError(f"calibration data: {exc}") from exc
-        source = str(calib_data)
-    else:
-        pool = run_eval_samples(manifest, split="train")
-        source = "the run's training split"
-    chosen = balanced_sample(pool, size, seed=seed)
-    if len(chosen) < size:
-        log.warning("calibration uses only %d images (asked for %d; %s has no more): INT8 ranges may be "
-                    "less accurate", len(chosen), size, source)
-    return chosen
-
-
-class _LazyImages:
-    """Preprocessed NCHW batches of one image, decoded when NNCF iterates (memory stays flat)."""
-
-    def __init__(self, samples: list[tuple[Path, int]], spec: Any) -> None:
-        self.samples, self.transform = samples, spec.eval_transform()
-
-    def __len__(self) -> int:
-        return len(self.samples)
-
-    def __iter__(self):
-        for path, _ in self.samples:
-            yield self.transform(load_rgb(path)).numpy()[None].astype(np.float32)
+    return lazy_import("nncf", extra="openvino", purpose="INT8 quantization", min_version="2.14")
 
 
 # -- quantization -------------------------------------------------------------------------
@@ -78,10 +39,25 @@ class QuantizeSettings:
     """``performance``: symmetric weights and activations; ``mixed``: asymmetric activations."""
     fast_bias_correction: bool = True
     """NNCF's fast bias correction (the slower exact one rarely helps CNNs)."""
+    presets: ClassVar[tuple[str, ...]] = ("performance", "mixed")
+
+    def __post_init__(self) -> None:
+        if self.preset not in self.presets:
+            raise ConfigError(f"quantization preset must be one of {', '.join(self.presets)}, not {self.preset!r}")
+        if not isinstance(self.fast_bias_correction, bool):
+            raise ConfigError(f"quantization fast_bias_correction must be true or false, "
+                              f"not {self.fast_bias_correction!r}")
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> QuantizeSettings:
-        return cls(**{k: v for k, v in data.items() if k in cls.__dataclass_fields__})
+    def from_dict(cls, data: dict[str, Any], source: str = "") -> QuantizeSettings:
+        """Settings from a profile's ``quantization`` block; an unknown key is a :class:`ConfigError`."""
+        known = [f.name for f in fields(cls)]
+        for key in data:
+            if key not in known:
+                where = f"{source} " if source else ""
+                raise ConfigError(f"{where}quantization setting {key!r} is unknown.{did_you_mean(key, known)} "
+                                  f"It takes: {', '.join(known)}")
+        return cls(**data)
 
 
 def _common_args(nncf: Any, settings: QuantizeSettings, subset_size: int) -> dict[str, Any]:
@@ -94,25 +70,26 @@ def quantize_ptq(model: Any, samples: list[tuple[Path, int]], spec: Any,
     """Plain post-training INT8 quantization of an ``openvino.Model`` (returns a new model)."""
     nncf = import_nncf()
     settings = settings or QuantizeSettings()
-    dataset = nncf.Dataset(_LazyImages(samples, spec))
+    dataset = nncf.Dataset(CalibrationImages(samples, spec))
     with stdout_to_stderr():  # NNCF's progress bars and INFO:nncf lines go to stdout
         return nncf.quantize(model, dataset, **_common_args(nncf, settings, len(samples)))
 
 
-def quantize_accuracy_control(model: Any, samples: list[tuple[Path, int]], spec: Any, val_images: np.ndarray,
+def quantize_accuracy_control(model: Any, samples: list[tuple[Path, int]], spec: Any, val_images: Any,
                               val_labels: np.ndarray, max_drop: float, settings: QuantizeSettings | None = None,
                               max_iterations: int | None = None) -> Any:
     """NNCF accuracy-controlled INT8: reverts the most harmful layers to float until top-1 drops <= ``max_drop``.
 
     ``max_drop`` is a fraction (0.01 = one point) measured against the OpenVINO float model on
-    ``val_images``. NNCF returns its best model even when it cannot reach the budget.
+    ``val_images`` (an NCHW array, or :class:`~edgetl.data.EvalImages` decoded on demand). NNCF returns its
+    best model even when it cannot reach the budget.
     """
     nncf = import_nncf()
     from nncf.quantization.advanced_parameters import AdvancedAccuracyRestorerParameters
 
     settings = settings or QuantizeSettings()
-    calibration = nncf.Dataset(_LazyImages(samples, spec))
-    validation = nncf.Dataset(list(zip(val_images, val_labels)), lambda item: item[0][None])
+    calibration = nncf.Dataset(CalibrationImages(samples, spec))
+    validation = nncf.Dataset(LabelledImages(val_images, val_labels), lambda item: item[0][None])
 
     def validate(compiled: Any, items: Any) -> tuple[float, list[float]]:
         correct = []
@@ -233,5 +210,20 @@ def float_compute_layers(layer_precisions: dict[str, str]) -> list[str]:
     return sorted(name for name, precision in layer_precisions.items() if precision != "int8")
 
 
-__all__ = ["COMPUTE_LAYERS", "QuantizeSettings", "calibration_samples", "float_compute_layers", "import_nncf",
-           "quantize_accuracy_control", "quantize_ptq", "sensitivity_report"]
+class NNCFOpenVINO(QuantizerBackend):
+    """NNCF on an in-memory ``openvino.Model``: PTQ, accuracy-controlled PTQ, sensitivity report."""
+
+    name = "nncf-openvino"
+
+    def check(self) -> None:
+        import_nncf()
+
+    def settings(self, block: dict[str, Any], source: str = "") -> QuantizeSettings:
+        return QuantizeSettings.from_dict(block, source)
+
+    def quantize(self, model: Any, calib: list[tuple[Path, int]], spec: Any, settings: Any) -> Any:
+        return quantize_ptq(model, calib, spec, settings)
+
+    def accuracy_control(self, model: Any, calib: list[tuple[Path, int]], spec: Any, images: Any, labels: Any,
+                         max_drop: float, settings: Any, max_iterations: int | None) -> Any:
+        return quantize_accuracy_control(model, calib, spec, images, labels, max_drop, settings, max_iterations)

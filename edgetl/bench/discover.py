@@ -1,0 +1,223 @@
+"""Which artifacts a benchmark measures: from run manifests (one or several runs) or loose files, each
+checked against its recorded sha256, then expanded into runtime variants (:class:`BenchTarget`)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..backends import RUNTIMES, extension_runtimes, runtime_for_suffix
+from ..errors import ConfigError, RunFolderError
+from ..run.integrity import stale_reason, verified_file
+from ..run.manifest import MANIFEST_NAME, Manifest
+from .config import STAGE, BenchConfig
+
+# views of the runtime table (edgetl/backends/_registry.py): extension -> runtime, runtime -> report title
+EXTENSION_RUNTIMES = extension_runtimes()
+RUNTIME_TITLES = {name: spec.title for name, spec in RUNTIMES.items()}
+
+
+@dataclass
+class BenchTarget:
+    """One measurement: an artifact on a runtime with options (an IR may be measured twice)."""
+
+    artifact: Path
+    runtime: str
+    key: str
+    """Stable identity across reports: the artifact path (relative to the run) plus the variant."""
+    variant: str = "default"
+    options: dict[str, Any] = field(default_factory=dict)
+    precision: str | None = None
+    """Precision the artifact was built for (from the manifest), e.g. fp32, fp16, int8."""
+    format: str | None = None
+    size_bytes: int | None = None
+    stage: str | None = None
+    """The manifest stage that recorded the artifact."""
+    stale: str | None = None
+    """Why the artifact no longer reflects its inputs (e.g. ONNX exported from an older checkpoint)."""
+    run: str | None = None
+    """The run's short name when several runs are benchmarked together."""
+
+
+def runtime_for_path(path: Path) -> str:
+    """The runtime that runs ``path``, from its extension (the runtime table's ``extensions``)."""
+    runtime = runtime_for_suffix(path.suffix)
+    if runtime is None:
+        raise ConfigError(f"cannot tell the runtime of {path}: expected one of "
+                          f"{', '.join(sorted(EXTENSION_RUNTIMES))}, or pass a run folder")
+    return runtime
+
+
+def find_run_dir(path: Path) -> Path | None:
+    """The run folder holding ``path`` (the nearest parent with an edgetl.json), if any."""
+    for parent in [path, *path.resolve().parents]:
+        if (parent / MANIFEST_NAME).is_file():
+            return parent
+    return None
+
+
+def _resolve_artifact_file(path: Path, runtime: str) -> Path:
+    """A recorded directory (e.g. an IR folder) -> the model file inside it."""
+    if path.is_dir():
+        suffixes = [s for s, r in EXTENSION_RUNTIMES.items() if r == runtime]
+        found = sorted(p for p in path.iterdir() if p.suffix.lower() in suffixes)
+        if len(found) == 1:
+            return found[0]
+    return path
+
+
+def _size_on_disk(path: Path) -> int | None:
+    if not path.exists():
+        return None
+    if path.is_dir():
+        return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+    size = path.stat().st_size
+    if path.suffix.lower() == ".xml" and path.with_suffix(".bin").is_file():  # IR weights
+        size += path.with_suffix(".bin").stat().st_size
+    return size
+
+
+def discover_artifacts(manifest: Manifest) -> list[BenchTarget]:
+    """Every artifact recorded with a ``runtime`` in the manifest's stages, in stage order."""
+    targets, seen = [], set()
+    for stage_name, stage in manifest.stages.items():
+        if stage_name == STAGE:
+            continue
+        for rel, entry in stage.get("artifacts", {}).items():
+            runtime = entry.get("runtime")
+            if not runtime:
+                continue
+            path = _resolve_artifact_file(manifest.run_dir / rel, runtime)
+            if path.resolve() in seen:
+                continue
+            seen.add(path.resolve())
+            key = path.resolve().relative_to(manifest.run_dir.resolve()).as_posix() if path.exists() else rel
+            # run it as its build recorded: the target's device and runner options (bench options override)
+            options = {**(entry.get("runner_options") or {}),
+                       **({"device": entry["device"]} if entry.get("device") else {})}
+            targets.append(BenchTarget(artifact=path, runtime=runtime, key=key, options=options,
+                                       precision=entry.get("precision"), format=entry.get("format"),
+                                       size_bytes=_size_on_disk(path) or entry.get("bytes")))
+    return targets
+
+
+def check_targets(targets: list[BenchTarget], verify: bool = True) -> dict[Path, dict[str, str]]:
+    """Check each artifact of a run against its recorded sha256 (an :class:`IntegrityError` names the first
+    mismatch) and mark the stale ones; the verified sha256s by run folder and run-relative path."""
+    manifests: dict[Path, Manifest] = {}
+    digests: dict[Path, dict[str, str]] = {}
+    for target in targets:
+        run_dir = find_run_dir(target.artifact.parent)
+        if run_dir is None:
+            continue
+        manifest = manifests.setdefault(run_dir.resolve(), Manifest.load(run_dir))
+        rel = target.artifact.resolve().relative_to(run_dir.resolve()).as_posix()
+        found = manifest.producer(rel)
+        if found is None:
+            if verify:
+                verified_file(manifest, rel)  # raises: an unrecorded file cannot be trusted
+            continue
+        target.stage = found[0]
+        target.stale = stale_reason(manifest, found[0])
+        companions = [rel[:-4] + ".bin"] if rel.endswith(".xml") and manifest.producer(rel[:-4] + ".bin") else []
+        for name in (rel, *companions):
+            digests.setdefault(run_dir.resolve(), {})[name] = verified_file(manifest, name, verify=verify)[1]
+    return digests
+
+
+def _manifest_entry(manifest: Manifest, path: Path) -> dict[str, Any]:
+    rel = path.resolve().relative_to(manifest.run_dir.resolve()).as_posix()
+    for stage in manifest.stages.values():
+        for key, entry in stage.get("artifacts", {}).items():
+            if key == rel or rel.startswith(key.rstrip("/") + "/"):
+                return entry
+    return {}
+
+
+def expand_variants(targets: list[BenchTarget], config: BenchConfig) -> list[BenchTarget]:
+    """Runtime options per target: the recorded ones (device, runner options), overridden by the bench's own;
+    an OpenVINO FP32 IR becomes a default-hint and a true-FP32 run."""
+    expanded = []
+    for target in targets:
+        if config.runtimes is not None and target.runtime not in config.runtimes:
+            continue
+        options: dict[str, Any] = dict(target.options)
+        if config.threads:
+            options["threads"] = config.threads
+        if target.runtime == "openvino":
+            if config.streams is not None:
+                options["streams"] = config.streams
+            if config.performance_hint:
+                options["performance_hint"] = config.performance_hint
+            if (target.precision or "fp32") != "fp32":
+                expanded.append(_with(target, options=options))
+                continue
+            expanded.append(_with(target, options={**options, "precision_hint": None}))
+            if config.true_fp32:
+                expanded.append(_with(target, variant="f32-hint", key=f"{target.key}#f32-hint",
+                                      options={**options, "precision_hint": "f32"}))
+        else:
+            expanded.append(_with(target, options=options))
+    return expanded
+
+
+def _with(target: BenchTarget, **changes: Any) -> BenchTarget:
+    return BenchTarget(**{**asdict(target), **changes})
+
+
+def _load_manifests(inputs: Sequence[str | Path]) -> tuple[Manifest, list[BenchTarget], bool]:
+    """The manifest describing the inputs and the targets to measure; True when ``inputs`` is one run.
+
+    Inputs are run folders (every artifact they record) and/or artifact files inside run folders. With
+    several runs (a model and its pruned child, say) every key and label names its run, and the runs must
+    take the same inputs (classes and preprocessing); the first run's evaluation images are used.
+    """
+    paths = [Path(p) for p in inputs]
+    if not paths:
+        raise ConfigError("nothing to benchmark: pass a run folder or artifact files")
+    manifests: dict[Path, Manifest] = {}
+    found: list[tuple[Path, BenchTarget]] = []
+    for path in paths:
+        if not path.exists():
+            raise ConfigError(f"artifact not found: {path}")
+        if path.is_dir() and (path / MANIFEST_NAME).is_file():
+            manifest = manifests.setdefault(path.resolve(), Manifest.load(path))
+            run_targets = discover_artifacts(manifest)
+            if not run_targets:
+                raise RunFolderError(f"{path} records no runnable artifacts: run `edgetl finetune` / `edgetl export`")
+            found += [(path.resolve(), t) for t in run_targets]
+            continue
+        run_dir = find_run_dir(path.parent)
+        if run_dir is None:
+            raise RunFolderError(f"{path} is not inside a run folder, so its classes and preprocessing are unknown: "
+                                 "benchmark it from its run folder (the one holding edgetl.json)")
+        manifest = manifests.setdefault(run_dir.resolve(), Manifest.load(run_dir))
+        entry = _manifest_entry(manifest, path)
+        key = path.resolve().relative_to(run_dir.resolve()).as_posix()
+        found.append((run_dir.resolve(), BenchTarget(
+            artifact=path, runtime=entry.get("runtime", runtime_for_path(path)), key=key,
+            precision=entry.get("precision"), format=entry.get("format"), size_bytes=_size_on_disk(path))))
+    first = next(iter(manifests.values()))
+    for other in manifests.values():
+        if other.classes != first.classes or other.preprocessing != first.preprocessing:
+            raise ConfigError(f"{first.run_dir} and {other.run_dir} differ in classes or preprocessing: "
+                              "artifacts benchmarked together must take the same inputs")
+    if len(manifests) > 1:
+        names = _run_names(list(manifests))
+        for run_dir, target in found:
+            target.run, target.key = names[run_dir], f"{names[run_dir]}/{target.key}"
+    targets = list({t.key: t for _, t in found}.values())  # the same file named twice is measured once
+    single_run = len(manifests) == 1 and all(p.is_dir() for p in paths)
+    return first, targets, single_run
+
+
+def _run_names(run_dirs: list[Path]) -> dict[Path, str]:
+    """Short distinct names for run folders: the folder name, with its parents when names collide."""
+    depth = 1
+    while True:
+        names = {d: "/".join(d.parts[-depth:]) for d in run_dirs}
+        if len(set(names.values())) == len(run_dirs) or depth >= max(len(d.parts) for d in run_dirs):
+            return names
+        depth += 1

@@ -1,0 +1,47 @@
+"""The quantizer backend protocol, and the one table of backends (NNCF's algorithm/backend split).
+
+A backend knows one framework's model type (an ``openvino.Model`` for NNCF; an ONNX file for ONNX
+Runtime's Q/DQ quantizer next); :mod:`.algorithm` holds what does not depend on it (PTQ, check the
+accuracy budget, fall back).
+"""
+
+from __future__ import annotations
+
+import abc
+import importlib
+from pathlib import Path
+from typing import Any
+
+from ...errors import ConfigError, did_you_mean
+
+BACKENDS = {"nncf-openvino": "edgetl.compress.quantize.nncf_openvino:NNCFOpenVINO"}
+"""name -> 'module:Class'; nothing is imported until a backend is asked for."""
+
+
+class QuantizerBackend(abc.ABC):
+    name = ""
+
+    @abc.abstractmethod
+    def check(self) -> None:
+        """Raise MissingBackendError (with the install hint) before any work if the backend is missing."""
+
+    @abc.abstractmethod
+    def settings(self, block: dict[str, Any], source: str = "") -> Any:
+        """Typed settings from a target profile's ``quantization`` block; unknown keys are errors."""
+
+    @abc.abstractmethod
+    def quantize(self, model: Any, calib: list[tuple[Path, int]], spec: Any, settings: Any) -> Any:
+        """Plain post-training INT8 quantization; returns a new model."""
+
+    def accuracy_control(self, model: Any, calib: list[tuple[Path, int]], spec: Any, images: Any, labels: Any,
+                         max_drop: float, settings: Any, max_iterations: int | None) -> Any:
+        """INT8 with layers returned to float until the top-1 drop (a fraction, against this backend's own
+        float model) is within ``max_drop``; None when the backend has no such mode."""
+        return None
+
+
+def get_backend(name: str) -> QuantizerBackend:
+    if name not in BACKENDS:
+        raise ConfigError(f"unknown quantizer backend {name!r}.{did_you_mean(name, list(BACKENDS))}")
+    module, _, cls = BACKENDS[name].partition(":")
+    return getattr(importlib.import_module(module), cls)()
