@@ -109,7 +109,8 @@ def finetune(data, overwrite, resume_dir, values, given) -> None:
     m = result.metrics
     top5 = f"top-5 {100 * m['top5']:.2f}%  " if m["top5"] is not None else ""
     click.echo(f"{result.run_dir}: val top-1 {100 * m['top1']:.2f}%  {top5}"
-               f"best epoch {m['best_epoch']}/{m['epochs_run']}  {m['wall_time_s']:.0f} s")
+               f"best epoch {m['best_epoch']}/{m['epochs_run']}  training {m['wall_time_s']:.0f} s, "
+               f"command {_command_wall_s():.0f} s")
     for name, acc in m["per_class"].items():
         click.echo(f"  {name:<24} {100 * acc:6.2f}%" if acc is not None else f"  {name:<24}   n/a")
 
@@ -318,6 +319,15 @@ def status(run: Path, as_json: bool) -> None:
             click.echo(f"{s.stage:<{width}}  {s.status:<13}  {s.state:<9}  {s.detail}")
     if any(s.state != "current" for s in states):
         sys.exit(4)
+
+
+def _command_wall_s() -> float:
+    """Seconds since this process started (interpreter and imports included)."""
+    import time
+
+    import psutil
+
+    return time.time() - psutil.Process().create_time()
 
 
 def main() -> None:

@@ -10,7 +10,7 @@ import numpy as np
 
 def topk_accuracy(logits: np.ndarray, labels: np.ndarray, k: int) -> float:
     k = min(k, logits.shape[1])
-    top = np.argsort(-logits, axis=1)[:, :k]
+    top = np.argsort(-logits, axis=1, kind="stable")[:, :k]  # ties ranked as argmax ranks them (first wins)
     return float(np.mean(np.any(top == labels[:, None], axis=1))) if len(labels) else 0.0
 
 

@@ -13,8 +13,14 @@ from click.testing import CliRunner
 from conftest import make_image_folder
 
 from edgetl.build import BUDGET_MISSED, TargetBuildConfig, build_target
-from edgetl.errors import (AccuracyBudgetError, ConfigError, DatasetError, MissingBackendError, RunFolderError,
-                           TargetError)
+from edgetl.errors import (
+    AccuracyBudgetError,
+    ConfigError,
+    DatasetError,
+    MissingBackendError,
+    RunFolderError,
+    TargetError,
+)
 from edgetl.manifest import Manifest
 
 pytestmark = pytest.mark.openvino

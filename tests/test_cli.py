@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import subprocess
 import sys
@@ -30,10 +31,41 @@ def test_version():
     assert result.exit_code == 0 and __version__ in result.output
 
 
-def test_cli_start_does_not_import_heavy_backends():
-    code = "import sys, edgetl.cli; print(sorted(m for m in ('torch', 'onnxruntime', 'openvino', 'nncf') if m in sys.modules))"
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
-    assert out.strip() == "[]"
+# -- starting is light: no ML framework or runtime is imported until a command needs it ------------------
+HEAVY = ("torch", "torchvision", "timm", "onnx", "onnxruntime", "openvino", "nncf", "tensorrt", "matplotlib")
+APPLY = ("from PIL import Image\nfrom edgetl.preprocessing import PreprocessSpec\n"
+         "assert PreprocessSpec(input_size=32, resize_size=36).apply(Image.new('RGB', (50, 40))).shape == (3, 32, 32)")
+
+
+@pytest.mark.parametrize("code", [
+    pytest.param("import edgetl.cli", id="edgetl.cli"),
+    pytest.param("import edgetl.run", id="edgetl.run"),
+    pytest.param("import edgetl.config", id="edgetl.config"),
+    pytest.param("import edgetl.build, edgetl.profiles", id="edgetl.build"),
+    pytest.param(APPLY, id="preprocessing-apply"),  # the torch-free eval path of a deployed model
+])
+def test_entry_point_imports_no_heavy_library(code: str):
+    probe = f"import sys\n{code}\nprint(' '.join(sorted(m for m in {HEAVY!r} if m in sys.modules)))"
+    proc = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, cwd=REPO, check=False)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.strip() == ""
+
+
+@pytest.mark.parametrize("command", [[], ["finetune"], ["export"], ["bench"], ["models"]],
+                         ids=lambda c: " ".join(["edgetl", *c, "--help"]))
+def test_help_imports_no_heavy_library(command: list[str]):
+    """``edgetl ... --help`` as a user runs it (the installed console script), with Python listing every
+    module it imports (-X importtime)."""
+    script = Path(sys.executable).with_name("edgetl")
+    fallback = "import sys; from edgetl.cli import main; sys.argv[0] = 'edgetl'; sys.exit(main())"
+    argv = [str(script)] if script.is_file() else [sys.executable, "-c", fallback]
+    env = {**os.environ, "PYTHONPROFILEIMPORTTIME": "1"}
+    proc = subprocess.run([*argv, *command, "--help"], capture_output=True, text=True, env=env, cwd=REPO, check=False)
+    assert proc.returncode == 0 and "Usage:" in proc.stdout, proc.stdout + proc.stderr[-2000:]
+    imported = {line.rsplit("|", 1)[1].strip().split(".")[0] for line in proc.stderr.splitlines()
+                if line.startswith("import time:") and "|" in line}
+    assert {"click", "edgetl"} <= imported  # the import list is really there
+    assert sorted(imported & set(HEAVY)) == []
 
 
 @pytest.mark.parametrize("args,message", [

@@ -129,3 +129,65 @@ def test_torch_save_on_a_full_disk_is_one_line(tmp_path: Path, monkeypatch):
     with pytest.raises(RuntimeError, match="shape mismatch"):  # other errors keep their own message
         with atomic_path(tmp_path / "checkpoint.pt"):
             raise RuntimeError("shape mismatch")
+
+
+# -- staging_dir replacing an existing folder ----------------------------------------------------------
+def _tree(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture
+def old_ir(tmp_path) -> Path:
+    final = tmp_path / "ir"
+    (final / "sub").mkdir(parents=True)
+    (final / "model.xml").write_text("old xml")
+    (final / "model.bin").write_bytes(b"old bin")
+    (final / "sub" / "report.json").write_text("{}")
+    return final
+
+
+def test_staging_dir_replaces_an_existing_folder_whole(tmp_path, old_ir):
+    before = _tree(old_ir)
+    with staging_dir(old_ir) as folder:
+        assert folder.parent == tmp_path and folder != old_ir
+        (folder / "model.xml").write_text("new xml")
+        (folder / "weights.bin").write_bytes(b"new bin")
+        assert _tree(old_ir) == before  # readers see the old folder until the block succeeds
+    # the new content only: files the new build did not write (model.bin, sub/) do not survive
+    assert _tree(old_ir) == {"model.xml": b"new xml", "weights.bin": b"new bin"}
+    assert _leftovers(tmp_path, {"ir"}) == []  # no staging folder, no .ir.old
+
+
+def test_staging_dir_failure_keeps_the_old_folder_as_it_was(tmp_path, old_ir):
+    before = _tree(old_ir)
+    # the error itself, not reworded
+    with pytest.raises(ValueError, match="^conversion failed$"), staging_dir(old_ir) as folder:
+        (folder / "model.xml").write_text("half")
+        raise ValueError("conversion failed")
+    assert _tree(old_ir) == before
+    assert _leftovers(tmp_path, {"ir"}) == []
+
+
+def test_staging_dir_clears_the_backup_a_crash_left(tmp_path, old_ir):
+    (tmp_path / ".ir.old").mkdir()
+    (tmp_path / ".ir.old" / "model.xml").write_text("older")
+    with staging_dir(old_ir) as folder:
+        (folder / "model.xml").write_text("new")
+    assert _tree(old_ir) == {"model.xml": b"new"}
+    assert _leftovers(tmp_path, {"ir"}) == []
+
+
+def test_staging_dir_keeps_the_old_folder_when_the_swap_fails(tmp_path, old_ir, monkeypatch):
+    before = _tree(old_ir)
+    real_replace = os.replace
+
+    def replace(src, dst):
+        if Path(src).name.startswith(".ir.") and not Path(src).name.endswith(".old") and Path(dst) == old_ir:
+            raise OSError(errno.EACCES, "Permission denied")  # the staged folder cannot be moved into place
+        return real_replace(src, dst)
+
+    monkeypatch.setattr(os, "replace", replace)
+    with pytest.raises(OSError), staging_dir(old_ir) as folder:
+        (folder / "model.xml").write_text("new")
+    monkeypatch.undo()
+    assert _tree(old_ir) == before
