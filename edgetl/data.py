@@ -299,8 +299,12 @@ def _legacy_eval_samples(manifest, split: str) -> list[tuple[Path, int]]:
 
 
 def _read_preprocessed(path: Path, spec) -> np.ndarray:
+    return spec.normalize(_read_crop(path, spec)[None])[0]
+
+
+def _read_crop(path: Path, spec) -> np.ndarray:
     try:
-        return spec.apply(load_rgb(path))
+        return spec.crop(load_rgb(path))
     except Exception as exc:  # PIL raises many types for files that broke after the scan
         raise DatasetError(f"could not read {path}: {type(exc).__name__}: {exc}".splitlines()[0][:300]) from exc
 
@@ -319,24 +323,50 @@ def iter_batches(samples: list[tuple[Path, int]], spec, batch_size: int = 32, *,
     return _batches(list(samples), spec, batch_size, workers or DECODE_WORKERS)
 
 
-def _batches(samples: list[tuple[Path, int]], spec, batch_size: int, workers: int
+def _batches(samples: list[tuple[Path, int]], spec, batch_size: int, workers: int, cache: _CropCache | None = None
              ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     from concurrent.futures import ThreadPoolExecutor
 
     pool = ThreadPoolExecutor(workers, thread_name_prefix="edgetl-decode")
 
     def submit(start: int) -> list:
-        return [pool.submit(_read_preprocessed, path, spec) for path, _ in samples[start:start + batch_size]]
+        return [pool.submit(_read_crop, path, spec) for path, _ in samples[start:start + batch_size]]
 
     try:
         pending = submit(0)
         for start in range(0, len(samples), batch_size):
             current, pending = pending, submit(start + batch_size)
-            images = np.stack([future.result() for future in current])
+            crops = np.stack([future.result() for future in current])
+            if cache is not None:
+                cache.append(crops)
             labels = np.array([label for _, label in samples[start:start + len(current)]], dtype=np.int64)
-            yield images, labels
+            yield spec.normalize(crops), labels
+        if cache is not None:
+            cache.complete = True
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
+
+
+class _CropCache:
+    """The uint8 crops of a whole pass, in an anonymous temporary file: later passes read them back instead
+    of decoding again, and memory stays bounded (the file lives in the OS page cache, not in the process)."""
+
+    def __init__(self, shape: tuple[int, ...]) -> None:
+        import tempfile
+
+        self.file = tempfile.TemporaryFile(prefix="edgetl-eval-")
+        self.item_bytes = int(np.prod(shape))
+        self.shape, self.count, self.complete = shape, 0, False
+
+    def append(self, crops: np.ndarray) -> None:
+        self.file.seek(self.count * self.item_bytes)
+        self.file.write(np.ascontiguousarray(crops, dtype=np.uint8).tobytes())
+        self.count += len(crops)
+
+    def read(self, start: int, n: int) -> np.ndarray:
+        self.file.seek(start * self.item_bytes)
+        data = self.file.read(n * self.item_bytes)
+        return np.frombuffer(data, dtype=np.uint8).reshape(n, *self.shape)
 
 
 class EvalImages:
@@ -346,11 +376,15 @@ class EvalImages:
     so an evaluation keeps whole only the few it needs (a latency batch, a sensitivity sample).
     """
 
-    def __init__(self, samples: list[tuple[Path, int]], spec, *, workers: int | None = None) -> None:
+    def __init__(self, samples: list[tuple[Path, int]], spec, *, workers: int | None = None,
+                 cache: bool = True) -> None:
         if not samples:
             raise DatasetError("no images to evaluate on")
         self.samples, self.spec, self.workers = list(samples), spec, workers
         self.labels = np.array([label for _, label in self.samples], dtype=np.int64)
+        self.cache = cache
+        """Keep the first full pass's uint8 crops in a temporary file, so later passes skip decoding."""
+        self._crops: _CropCache | None = None
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -360,7 +394,19 @@ class EvalImages:
         return (len(self), 3, self.spec.input_size, self.spec.input_size)
 
     def batches(self, batch_size: int = 32) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-        return iter_batches(self.samples, self.spec, batch_size, workers=self.workers)
+        if batch_size < 1:
+            raise ConfigError(f"batch size must be at least 1, got {batch_size}")
+        if self._crops is not None and self._crops.complete:
+            return self._cached_batches(batch_size)
+        if self.cache:
+            size = self.spec.input_size
+            self._crops = _CropCache((size, size, 3))
+        return _batches(self.samples, self.spec, batch_size, self.workers or DECODE_WORKERS, self._crops)
+
+    def _cached_batches(self, batch_size: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        for start in range(0, len(self.samples), batch_size):
+            n = min(batch_size, len(self.samples) - start)
+            yield self.spec.normalize(self._crops.read(start, n)), self.labels[start:start + n]
 
     def __getitem__(self, key: int | slice) -> np.ndarray:
         if isinstance(key, slice):

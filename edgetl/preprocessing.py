@@ -83,6 +83,10 @@ class PreprocessSpec:
         Resize the shorter side with PIL's own filter (what torchvision does on PIL images), center crop,
         scale to [0, 1], normalise. A non-RGB image is converted as :func:`to_rgb` does.
         """
+        return self.normalize(self.crop(image)[None])[0]
+
+    def crop(self, image: Image.Image) -> np.ndarray:
+        """The resized, center-cropped RGB pixels (uint8 HWC): :meth:`apply` before scaling."""
         import numpy as np
 
         if image.mode != "RGB":
@@ -90,12 +94,18 @@ class PreprocessSpec:
         size = resized_size(image.width, image.height, self.resize_size)
         if size != image.size:
             image = image.resize(size, PIL_FILTERS[self.interpolation])
-        pixels = center_crop(np.asarray(image), self.input_size)
-        chw = pixels.transpose(2, 0, 1).astype(np.float32)
-        chw /= np.float32(255)  # ToTensor, then Normalize: the same float32 operations, in the same order
-        chw -= np.asarray(self.mean, np.float32)[:, None, None]
-        chw /= np.asarray(self.std, np.float32)[:, None, None]
-        return chw
+        return center_crop(np.asarray(image), self.input_size)
+
+    def normalize(self, pixels: np.ndarray) -> np.ndarray:
+        """uint8 NHWC crops -> float32 NCHW scaled to [0, 1] and normalised (ToTensor, then Normalize: the
+        same float32 operations in the same order, so the result equals torchvision's bit for bit)."""
+        import numpy as np
+
+        nchw = pixels.transpose(0, 3, 1, 2).astype(np.float32)
+        nchw /= np.float32(255)
+        nchw -= np.asarray(self.mean, np.float32)[:, None, None]
+        nchw /= np.asarray(self.std, np.float32)[:, None, None]
+        return nchw
 
     # -- torchvision transforms ------------------------------------------------------------
     def eval_transform(self):  # -> torchvision.transforms.Compose

@@ -292,3 +292,26 @@ def test_iter_batches_errors(tmp_path: Path):
     samples[5][0].write_bytes(b"gone bad after the scan")
     with pytest.raises(DatasetError, match=f"could not read .*{samples[5][0].name}"):
         list(iter_batches(samples, spec, 4))
+
+
+def test_eval_images_decode_once_and_replay_identical_batches(image_folder: Path, monkeypatch):
+    """Builds evaluate several models on the same images: later passes read the cached crops, bit-identical."""
+    import numpy as np
+
+    import edgetl.data as data_module
+    from edgetl.data import EvalImages, scan_image_folder
+    from edgetl.preprocessing import PreprocessSpec
+
+    samples = scan_image_folder(image_folder).samples
+    spec = PreprocessSpec(input_size=32, resize_size=36)
+    calls = []
+    real = data_module.load_rgb
+    monkeypatch.setattr(data_module, "load_rgb", lambda path: calls.append(path) or real(path))
+    images = EvalImages(samples, spec)
+    first = [(x.copy(), y.copy()) for x, y in images.batches(5)]
+    assert len(calls) == len(samples)
+    second = list(images.batches(3))  # another batch size, from the cache
+    assert len(calls) == len(samples)
+    assert np.array_equal(np.concatenate([x for x, _ in first]), np.concatenate([x for x, _ in second]))
+    assert np.array_equal(np.concatenate([y for _, y in second]), images.labels)
+    assert np.array_equal(second[0][0][0], spec.apply(real(samples[0][0])))
