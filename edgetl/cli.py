@@ -225,16 +225,24 @@ def models(pattern: str | None) -> None:
             click.echo(f"{source} ({len(chosen)}): " + ", ".join(chosen[:200]) + (" ..." if len(chosen) > 200 else ""))
 
 
-@cli.command()
-@click.option("-o", "--output", type=click.Path(path_type=Path), default=Path("runs/demo"), show_default=True)
-@click.option("--data", type=click.Path(path_type=Path), help="Image folder to use instead of the built-in digits.")
-@click.option("--quick", is_flag=True, help="Fewer epochs and a smaller input size (a smoke test).")
-@handle_errors
-def demo(output: Path, data: Path | None, quick: bool) -> None:
-    """The whole pipeline on a built-in dataset (scikit-learn's digits as images): no download needed."""
-    from .demo import run_demo
+def _demo_options(command):
+    from .config import Opt, options_from
+    from .demo import DemoConfig
 
-    run_demo(output, data=data, quick=quick)
+    return options_from(DemoConfig, custom={"output": Opt(("-o", "--output"), type=click.Path(path_type=Path)),
+                                            "data": Opt(type=click.Path(path_type=Path))})(command)
+
+
+@cli.command()
+@handle_errors
+@_demo_options
+def demo(values, given) -> None:
+    """The whole pipeline on a built-in dataset (scikit-learn's digits as images): no download needed."""
+    from .config import build
+    from .demo import DemoConfig, run_demo
+
+    config = build(DemoConfig, values)
+    run_demo(config.output, data=config.data, quick=config.quick)
 
 
 def _bench_options(command):

@@ -7,6 +7,7 @@ out as an image folder, so the demo runs offline on any machine; ``--data`` swap
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +41,18 @@ def write_digits_folder(root: str | Path, size: int = 32) -> Path:
         Image.fromarray(255 - pixels, mode="L").resize((size, size), Image.BICUBIC).save(folder / f"{index:04d}.png")
     staging.rename(root)
     return root
+
+
+@dataclass
+class DemoConfig:
+    """What ``edgetl demo`` runs on."""
+
+    output: str = "runs/demo"
+    """Run folder of the demo."""
+    data: str | None = None
+    """Image folder to use instead of the built-in digits."""
+    quick: bool = False
+    """Fewer epochs and a smaller input size (a smoke test)."""
 
 
 def run_demo(output: str | Path = "runs/demo", *, data: str | Path | None = None, quick: bool = False,
