@@ -81,3 +81,21 @@ def lite0_run(tmp_path_factory, hymenoptera) -> Path:
                             image_size=160, workers=0), progress=False)
     export_onnx(run, ExportConfig())
     return run
+
+
+@pytest.fixture(scope="session")
+def learned_base(tmp_path_factory) -> Path:
+    """A run whose logits depend on the image, for tests that compare accuracies or logits (the tiny
+    random-init run answers every 32 px image with the same logits, so any two runtimes of it agree).
+    EfficientNet-Lite0 (offline ImageNet weights), linear probe on colour classes at 32 px, exported to ONNX.
+    Session-scoped: copy it before changing it."""
+    from edgetl.export import ExportConfig, export_onnx
+    from edgetl.finetune import FinetuneConfig, finetune
+
+    base = tmp_path_factory.mktemp("learned")
+    data = make_image_folder(base / "data", classes=("cats", "dogs", "birds"), per_class=12)
+    finetune(FinetuneConfig(data=str(data), output=str(base / "run"), model="efficientnet_lite0", pretrained=True,
+                            strategy="linear-probe", image_size=32, epochs=3, batch_size=8, workers=0,
+                            val_fraction=0.25), progress=False)
+    export_onnx(base / "run", ExportConfig())
+    return base / "run"

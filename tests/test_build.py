@@ -33,23 +33,6 @@ def run(tiny_run, tmp_path) -> Path:
     return Path(shutil.copytree(tiny_run, tmp_path / "run"))
 
 
-@pytest.fixture(scope="module")
-def learned_base(tmp_path_factory) -> Path:
-    """A run whose logits depend on the image, for tests that compare accuracies or logits: the tiny
-    random-init run's outputs are the same for every 32 px image, so any two builds of it agree.
-    EfficientNet-Lite0 (offline ImageNet weights), linear probe on colour classes, exported to ONNX."""
-    from edgetl.export import ExportConfig, export_onnx
-    from edgetl.finetune import FinetuneConfig, finetune
-
-    base = tmp_path_factory.mktemp("learned")
-    data = make_image_folder(base / "data", classes=("cats", "dogs", "birds"), per_class=12)
-    finetune(FinetuneConfig(data=str(data), output=str(base / "run"), model="efficientnet_lite0", pretrained=True,
-                            strategy="linear-probe", image_size=32, epochs=3, batch_size=8, workers=0,
-                            val_fraction=0.25), progress=False)
-    export_onnx(base / "run", ExportConfig())
-    return base / "run"
-
-
 @pytest.fixture
 def learned_run(learned_base, tmp_path) -> Path:
     return Path(shutil.copytree(learned_base, tmp_path / "learned"))

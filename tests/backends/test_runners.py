@@ -17,22 +17,9 @@ def _has(module: str) -> bool:
 
 
 @pytest.fixture(scope="module")
-def learned_run(tmp_path_factory) -> Path:
-    """A run whose logits depend on the image. The session's tiny random-init run answers every 32 px
-    image with the same logits, so any two runners of it agree whatever they compute. EfficientNet-Lite0
-    (offline ImageNet weights), linear probe on colour classes, exported to ONNX."""
-    from conftest import make_image_folder
-
-    from edgetl.export import ExportConfig, export_onnx
-    from edgetl.finetune import FinetuneConfig, finetune
-
-    base = tmp_path_factory.mktemp("learned")
-    data = make_image_folder(base / "data", classes=("cats", "dogs", "birds"), per_class=12)
-    finetune(FinetuneConfig(data=str(data), output=str(base / "run"), model="efficientnet_lite0", pretrained=True,
-                            strategy="linear-probe", image_size=32, epochs=3, batch_size=8, workers=0,
-                            val_fraction=0.25), progress=False)
-    export_onnx(base / "run", ExportConfig())
-    return base / "run"
+def learned_run(learned_base) -> Path:
+    """A run whose logits depend on the image (see conftest's ``learned_base``); these tests only read it."""
+    return learned_base
 
 
 @pytest.fixture(scope="module")
