@@ -309,8 +309,8 @@ def _read_crop(path: Path, spec) -> np.ndarray:
         raise DatasetError(f"could not read {path}: {type(exc).__name__}: {exc}".splitlines()[0][:300]) from exc
 
 
-def iter_batches(samples: list[tuple[Path, int]], spec, batch_size: int = 32, *, workers: int | None = None
-                 ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+def iter_batches(samples: list[tuple[Path, int]], spec, batch_size: int = 32, *, workers: int | None = None,
+                 cache: _CropCache | None = None) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     """``(images, labels)`` batches of ``samples`` in order: float32 NCHW preprocessed by ``spec.apply``, int64.
 
     A generator: images are decoded one batch ahead of the consumer on a small thread pool (PIL releases
@@ -320,7 +320,7 @@ def iter_batches(samples: list[tuple[Path, int]], spec, batch_size: int = 32, *,
         raise ConfigError(f"batch size must be at least 1, got {batch_size}")
     if not samples:
         raise DatasetError("no images to evaluate on")
-    return _batches(list(samples), spec, batch_size, workers or DECODE_WORKERS)
+    return _batches(list(samples), spec, batch_size, workers or DECODE_WORKERS, cache)
 
 
 def _batches(samples: list[tuple[Path, int]], spec, batch_size: int, workers: int, cache: _CropCache | None = None
@@ -394,14 +394,11 @@ class EvalImages:
         return (len(self), 3, self.spec.input_size, self.spec.input_size)
 
     def batches(self, batch_size: int = 32) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-        if batch_size < 1:
-            raise ConfigError(f"batch size must be at least 1, got {batch_size}")
-        if self._crops is not None and self._crops.complete:
+        if self._crops is not None and self._crops.complete and batch_size >= 1:
             return self._cached_batches(batch_size)
-        if self.cache:
-            size = self.spec.input_size
-            self._crops = _CropCache((size, size, 3))
-        return _batches(self.samples, self.spec, batch_size, self.workers or DECODE_WORKERS, self._crops)
+        size = self.spec.input_size
+        self._crops = _CropCache((size, size, 3)) if self.cache else None
+        return iter_batches(self.samples, self.spec, batch_size, workers=self.workers, cache=self._crops)
 
     def _cached_batches(self, batch_size: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         for start in range(0, len(self.samples), batch_size):

@@ -6,8 +6,6 @@ import copy
 import importlib.util
 import json
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -291,13 +289,6 @@ def test_cli_bench_and_regression_exit(run, tmp_path):
 def test_cli_bad_batch(run):
     result = CliRunner().invoke(cli, ["bench", str(run), "--batch", "1,x"])
     assert result.exit_code == 1 and "error: --batch" in result.output
-
-
-def test_cli_import_is_light():
-    code = ("import sys, edgetl.cli; heavy = [m for m in ('torch', 'onnxruntime', 'openvino', 'tensorrt', "
-            "'matplotlib') if m in sys.modules]; print(heavy); sys.exit(bool(heavy))")
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
-    assert proc.returncode == 0, proc.stdout + proc.stderr
 
 
 # -- OpenVINO (two runs of an FP32 IR: default hint and true FP32) ----------------------------------------

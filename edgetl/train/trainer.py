@@ -19,6 +19,7 @@ from ..data import DatasetSplits, make_loader
 from ..metrics import classification_metrics, plot_confusion_matrix
 from ..run.manifest import Manifest
 from ..run.split import SPLIT_NAME
+from ..run.stage import failure_reason
 from .losses import ClassificationLoss
 from .schedules import warmup_cosine
 from .strategies import Unfreezer, layer_groups, make_optimizer
@@ -272,7 +273,7 @@ class Trainer:
             if not self.is_main or (self.staging is not None and not self.staging.promoted):
                 raise  # nothing worth keeping: the caller discards the staging folder
             status = "interrupted" if isinstance(exc, KeyboardInterrupt) else "failed"
-            self.manifest.fail(STAGE, f"{type(exc).__name__}: {exc}"[:300], status)
+            self.manifest.fail(STAGE, failure_reason(exc), status)
             log.error("fine-tuning %s; resume with: edgetl finetune --resume %s", status, self.run_dir)
             raise
         return self._finish(time.perf_counter() - start + elapsed_before)
