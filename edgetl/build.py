@@ -57,6 +57,16 @@ class TargetBuildConfig:
     """Timed batch-1 inferences for the quick latency figure (0: skip)."""
     seed: int = 0
     """Seed for calibration sampling."""
+    calibration: str | None = None
+    """TensorRT targets: activation range method, minmax, entropy or percentile [default: the target's]."""
+    dla_core: int | None = None
+    """TensorRT targets: build for this DLA core with GPU fallback (Orin NX, AGX Orin)."""
+    max_batch: int | None = None
+    """TensorRT targets: largest batch of the engine's optimization profile [default: the target's]."""
+    hardware_compatibility: str | None = None
+    """TensorRT targets: none, ampere+ or same-compute-capability (an engine that runs on other GPUs)."""
+    version_compatible: bool = False
+    """TensorRT targets: an engine later TensorRT versions can load (lean runtime)."""
 
     def __post_init__(self) -> None:
         if self.calib_size < 1:
@@ -91,10 +101,12 @@ def build_target(run_dir: str | Path, config: TargetBuildConfig | None = None, *
     profile = load_target(config.target)
     precision = profile.check_precision(config.precision)
     toolchain = get_toolchain(profile.toolchain)
+    toolchain.check_config(profile, precision, config)
     if precision == "int8":  # a typo in the profile's quantization block fails before any work
         from .compress.quantize import get_backend
 
-        get_backend(toolchain.quantizer).settings(profile.quantization, f"{profile.name}.yaml")
+        chosen = {"calibration": config.calibration} if config.calibration else {}
+        get_backend(toolchain.quantizer).settings({**profile.quantization, **chosen}, f"{profile.name}.yaml")
     manifest = Manifest.load(run_dir)
     manifest.require("onnx", f"run `edgetl export {run_dir}` first")
     require_current(manifest, "onnx")
@@ -129,7 +141,7 @@ def _build(run_dir: Path, manifest: Manifest, profile: TargetProfile, precision:
             saved, metrics = build.write(tmp, float_model, model, quantized)
         for i, artifact in enumerate(saved):
             record = {**artifact.record, **({"runtime": toolchain.runtime, "precision": precision,
-                                             "device": profile.device, "runner_options": build.runner_options,
+                                             "device": toolchain.device(profile), "runner_options": build.runner_options,
                                              "executed_precision": metrics["executed_precision"]} if i == 0 else {})}
             st.artifact(final / artifact.name, **record)
         for report in ("sensitivity.json", "build.json"):
@@ -166,7 +178,12 @@ class _Build:
     build_s: float = 0.0
 
     def _runner(self, model_or_path: Any) -> Any:
-        return self.toolchain.runner(model_or_path, self.profile.device, self.runner_options)
+        return self.toolchain.runner(model_or_path, self.toolchain.device(self.profile), self.runner_options)
+
+    def quantization_block(self) -> dict[str, Any]:
+        """The profile's quantization settings, with ``--calibration`` when given."""
+        chosen = {"calibration": self.config.calibration} if self.config.calibration else {}
+        return {**self.profile.quantization, **chosen}
 
     def quantize(self, float_model: Any, calib: list, spec: Any) -> tuple[Any, dict[str, Any]]:
         from .compress import quantize as q
@@ -176,7 +193,7 @@ class _Build:
         evaluate = q.Evaluator(runner=self._runner, top1=lambda r: runner_top1(r, self.images, labels),
                                latency_ms=lambda r: _latency_p50(r, self.images[:1], cfg.latency_runs or 20))
         outcome = q.quantize_within_budget(
-            backend, float_model, calib, spec, backend.settings(self.profile.quantization, f"{self.profile.name}.yaml"),
+            backend, float_model, calib, spec, backend.settings(self.quantization_block(), f"{self.profile.name}.yaml"),
             evaluate, float_top1=self.float_top1, max_drop=cfg.max_drop, accuracy_control=cfg.accuracy_control,
             max_reverted_layers=cfg.max_reverted_layers, images=self.images, labels=labels,
             layer_precisions=self.toolchain.layer_precisions)
@@ -194,17 +211,18 @@ class _Build:
                        **self.toolchain.describe(runner),
                        "latency_p50_ms": _latency_p50(runner, self.images[:1], cfg.latency_runs),
                        "build_s": round(self.build_s, 2), "max_drop": cfg.max_drop, **quantized}
-            if self.precision == "int8" and cfg.sensitivity_images:
+            if cfg.sensitivity_images:
                 extra = {k: v for k, v in quantized.items() if k == "accuracy_control"}
-                metrics.update(self.toolchain.reports(tmp, float_model, model, runner,
-                                                      self.images[:cfg.sensitivity_images], extra))
+                metrics.update(self.toolchain.reports(tmp, float_model, model, runner, self.images, extra,
+                                                      self.precision, cfg.sensitivity_images))
             info = runner.describe().to_dict()
         finally:
             runner.close()
         write_json(tmp / "build.json", {
             "target": asdict(self.profile), "toolchain": self.toolchain.name, "precision": self.precision,
             "config": asdict(cfg), "runner_options": self.runner_options, "runner": info, "metrics": metrics,
-            "source": ONNX_FILE, "versions": library_versions(), "preprocessing": self.manifest.preprocessing})
+            "source": ONNX_FILE, "versions": library_versions(), "preprocessing": self.manifest.preprocessing,
+            **self.toolchain.build_record(self.profile, self.precision, cfg, tmp, saved)})
         return saved, metrics
 
 

@@ -120,6 +120,7 @@ def _export_options(command):
     from .config import Opt, options_from
     from .export import ExportConfig
     from .profiles import PRECISIONS
+    from .toolchains.trt_settings import CALIBRATION_METHODS, HARDWARE_COMPATIBILITY
 
     return options_from(ExportConfig, TargetBuildConfig, skip=("target",), custom={
         "dynamic_batch": Opt(("--static-batch",), help="Fix the batch dimension instead of leaving it dynamic."),
@@ -133,12 +134,27 @@ def _export_options(command):
         "calib_size": Opt(type=click.IntRange(min=1)),
         "max_drop": Opt(type=click.FloatRange(0, 100)),
         "seed": Opt(help="Seed for calibration sampling."),
+        "calibration": Opt(type=click.Choice(CALIBRATION_METHODS)),
+        "dla_core": Opt(type=click.IntRange(min=0)),
+        "max_batch": Opt(type=click.IntRange(min=1)),
+        "hardware_compatibility": Opt(type=click.Choice(HARDWARE_COMPATIBILITY)),
     })(command)
 
 
+def _run_or_latest(run: Path | None) -> Path:
+    """RUN as given, or the most recently modified run under ./runs (said on stderr)."""
+    if run is not None:
+        return run
+    from .run import latest_run
+
+    run = latest_run()
+    click.echo(f"note: no RUN given: using {run}, the most recent run under ./runs", err=True)
+    return run
+
+
 @cli.command()
-@click.argument("run", type=click.Path(path_type=Path))
-@click.option("--target", help="Also build for a device profile (e.g. intel-cpu) from the ONNX model.")
+@click.argument("run", type=click.Path(path_type=Path), required=False)
+@click.option("--target", help="Also build for a device profile (e.g. intel-cpu, jetson; see `edgetl targets`).")
 @click.option("--no-verify", is_flag=True,
               help="Use run files whose sha256 no longer matches the manifest (you edited them on purpose).")
 @handle_errors
@@ -146,7 +162,9 @@ def _export_options(command):
 def export(run, target, no_verify, values, given) -> None:
     """Export a fine-tuned RUN to ONNX and check it against PyTorch on real images.
 
-    With --target, also build the device artifact (e.g. OpenVINO IR in RUN/intel-cpu/int8/); the
+    RUN defaults to the most recently modified run under ./runs. With --target, also build the device
+    artifact (OpenVINO IR in RUN/intel-cpu/int8/; for jetson and nvidia-gpu the Q/DQ or FP16 ONNX that
+    TensorRT builds its engine from, with the trtexec lines in build.json); the
     ONNX export runs first when the run has none yet, when it is stale (exported from an older
     checkpoint), or when ONNX options given here differ from those it was exported with. Every run
     file used is checked against its recorded sha256 first.
@@ -155,6 +173,7 @@ def export(run, target, no_verify, values, given) -> None:
     from .config import build
     from .export import ExportConfig, export_onnx
 
+    run = _run_or_latest(run)
     target = target or values.get("target")
     export_config = build(ExportConfig, values)
     build_config = build(TargetBuildConfig, values, target=target or "intel-cpu")
@@ -305,17 +324,20 @@ def bench(inputs, values, given) -> None:
 
 
 @cli.command()
-@click.argument("run", type=click.Path(path_type=Path))
+@click.argument("run", type=click.Path(path_type=Path), required=False)
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
 @handle_errors
-def status(run: Path, as_json: bool) -> None:
+def status(run: Path | None, as_json: bool) -> None:
     """What a RUN holds: each stage, and whether its files are current, stale, modified or missing.
 
-    Exits 0 when every stage is current, 4 when something needs re-running.
+    RUN defaults to the most recent run under ./runs. Exits 0 when every stage is current, 4 when
+    something needs re-running.
     """
     import json
 
     from .run import run_status
+
+    run = _run_or_latest(run)
 
     states = run_status(run)
     if as_json:
@@ -327,6 +349,26 @@ def status(run: Path, as_json: bool) -> None:
             click.echo(f"{s.stage:<{width}}  {s.status:<13}  {s.state:<9}  {s.detail}")
     if any(s.state != "current" for s in states):
         sys.exit(4)
+
+
+@cli.command()
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+@handle_errors
+def targets(as_json: bool) -> None:
+    """The device profiles `edgetl export --target` builds for, one line each."""
+    import dataclasses
+    import json
+
+    from .profiles import all_targets
+
+    profiles = all_targets()
+    if as_json:
+        click.echo(json.dumps([dataclasses.asdict(p) for p in profiles], indent=2))
+        return
+    width = max(len(p.name) for p in profiles)
+    for p in profiles:
+        precisions = "/".join(p.precisions)
+        click.echo(f"{p.name:<{width}}  {p.toolchain:<8}  {precisions:<14}  {p.description}")
 
 
 def _command_wall_s() -> float:

@@ -37,6 +37,10 @@ class TargetProfile:
     """Backend-specific INT8 settings (e.g. NNCF preset)."""
     toolchain: str = ""
     """Toolchain (:mod:`edgetl.toolchains`) that builds the artifact (default: the one named like ``runtime``)."""
+    hardware: dict[str, Any] = field(default_factory=dict)
+    """Facts about the device the toolchain checks requests against (compute capability, DLA cores, ...)."""
+    engine: dict[str, Any] = field(default_factory=dict)
+    """Toolchain-specific builder defaults (TensorRT: :class:`~edgetl.toolchains.trt_settings.EngineSettings`)."""
 
     def __post_init__(self) -> None:
         if not self.toolchain:
@@ -86,7 +90,8 @@ class TargetProfile:
                    device=data["device"], precisions=precisions,
                    default_precision=data.get("default_precision", precisions[0]),
                    runner_options=dict(data.get("runner_options") or {}),
-                   quantization=dict(data.get("quantization") or {}))
+                   quantization=dict(data.get("quantization") or {}),
+                   hardware=dict(data.get("hardware") or {}), engine=dict(data.get("engine") or {}))
 
 
 def _profile_files() -> dict[str, Any]:
@@ -99,6 +104,11 @@ def list_targets() -> list[str]:
     return sorted(_profile_files())
 
 
+def all_targets() -> list[TargetProfile]:
+    """Every shipped profile, loaded (for ``edgetl targets``)."""
+    return [load_target(name) for name in list_targets()]
+
+
 def load_target(name: str) -> TargetProfile:
     """The profile ``targets/NAME.yaml``; unknown names list the known ones."""
     import yaml
@@ -107,7 +117,10 @@ def load_target(name: str) -> TargetProfile:
     if name not in entries:
         known = sorted(entries)
         raise TargetError(f"unknown target {name!r}.{did_you_mean(name, known)} Known targets: {', '.join(known)}")
-    data = yaml.safe_load(entries[name].read_text(encoding="utf-8")) or {}
+    try:
+        data = yaml.safe_load(entries[name].read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as exc:
+        raise TargetError(f"target profile {name}.yaml is not valid YAML: {str(exc).splitlines()[0]}") from None
     profile = TargetProfile.from_dict(data, source=f"{name}.yaml")
     if profile.name != name:
         raise TargetError(f"{name}.yaml declares name {profile.name!r}; the file name and the name must agree")

@@ -13,7 +13,7 @@ from .integrity import StageState, require_current, run_status, stale_reason, ve
 from .manifest import MANIFEST_NAME, SCHEMA_VERSION, Manifest, is_run_folder, library_versions
 from .stage import StageWriter, stage
 
-__all__ = ["MANIFEST_NAME", "SCHEMA_VERSION", "Manifest", "StageState", "StageWriter", "create_child",
+__all__ = ["MANIFEST_NAME", "latest_run", "SCHEMA_VERSION", "Manifest", "StageState", "StageWriter", "create_child",
            "is_run_folder", "library_versions", "require_current", "run_status", "stage", "stale_reason",
            "verified_file"]
 
@@ -37,3 +37,17 @@ def create_child(parent_dir: str | Path, child_dir: str | Path, *, stage: str, m
     child.set("dataset", dataset)
     child.save()
     return child
+
+
+def latest_run(root: str | Path = "runs") -> Path:
+    """The most recently modified run folder directly under ``root`` (what a command means when RUN is left
+    out); a one-line :class:`RunFolderError` when there is none."""
+    from ..errors import RunFolderError
+
+    root = Path(root)
+    runs = [d for d in root.iterdir() if is_run_folder(d)] if root.is_dir() else []
+    if not runs:
+        where = f"./{root}" if not root.is_absolute() else str(root)
+        raise RunFolderError(f"no run given and no run folder under {where}: fine-tune one first "
+                             "(edgetl finetune DATA) or name the run (edgetl export RUN ...)")
+    return max(runs, key=lambda d: ((d / MANIFEST_NAME).stat().st_mtime_ns, d.name))

@@ -11,7 +11,8 @@ import importlib
 from ..errors import TargetError, did_you_mean
 from .base import SavedArtifact, Toolchain
 
-TOOLCHAINS = {"openvino": "edgetl.toolchains.openvino:OpenVINOToolchain"}
+TOOLCHAINS = {"openvino": "edgetl.toolchains.openvino:OpenVINOToolchain",
+              "tensorrt": "edgetl.toolchains.tensorrt:TensorRTToolchain"}
 
 
 def get_toolchain(name: str) -> Toolchain:

@@ -23,6 +23,10 @@ class SavedArtifact:
     """Extra fields of its manifest record (runtime, precision, format, device, runner_options)."""
 
 
+TENSORRT_OPTIONS = ("calibration", "dla_core", "max_batch", "hardware_compatibility", "version_compatible")
+"""Build options (:class:`edgetl.build.TargetBuildConfig` fields) only TensorRT targets take."""
+
+
 class Toolchain(abc.ABC):
     name = ""
     runtime = ""
@@ -33,6 +37,20 @@ class Toolchain(abc.ABC):
     @abc.abstractmethod
     def check(self, precision: str) -> None:
         """Fail with the install hint before any work when a library is missing."""
+
+    def device(self, profile: Any) -> str:
+        """The device the build evaluates and times on here (default: the profile's)."""
+        return profile.device
+
+    def check_config(self, profile: Any, precision: str, config: Any) -> None:
+        """Refuse build options this toolchain or device cannot honour, before any work."""
+        from ..errors import ConfigError
+
+        given = [k for k in TENSORRT_OPTIONS if getattr(config, k) is not None and getattr(config, k) is not False]
+        tensorrt_only = [f"--{k.replace('_', '-')}" for k in given]
+        if tensorrt_only:
+            raise ConfigError(f"{', '.join(tensorrt_only)} only apply to TensorRT targets (see `edgetl targets`), "
+                              f"not {profile.name}")
 
     def runner_options(self, profile: Any, precision: str) -> dict[str, Any]:
         """The runner settings an app should use for this artifact (recorded with it)."""
@@ -60,6 +78,12 @@ class Toolchain(abc.ABC):
         return None
 
     def reports(self, folder: Path, float_model: Any, model: Any, runner: Any, images: Any,
-                extra: dict[str, Any]) -> dict[str, Any]:
-        """Extra report files for int8 (e.g. per-layer sensitivity); metrics to add to the build's."""
+                extra: dict[str, Any], precision: str, sensitivity_images: int) -> dict[str, Any]:
+        """Extra report files (e.g. INT8 per-layer sensitivity on the first ``sensitivity_images`` of ``images``,
+        the val images); metrics to add to the build's."""
+        return {}
+
+    def build_record(self, profile: Any, precision: str, config: Any, folder: Path,
+                     saved: list[SavedArtifact]) -> dict[str, Any]:
+        """Extra build.json content (TensorRT: the engine settings and trtexec command lines)."""
         return {}

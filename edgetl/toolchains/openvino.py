@@ -56,9 +56,12 @@ class OpenVINOToolchain(Toolchain):
         return runner.layer_precisions()
 
     def reports(self, folder: Path, float_model: Any, model: Any, runner: Any, images: Any,
-                extra: dict[str, Any]) -> dict[str, Any]:
+                extra: dict[str, Any], precision: str, sensitivity_images: int) -> dict[str, Any]:
         from ..compress.quantize import nncf_openvino as nq
 
+        if precision != "int8":
+            return {}
+        images = images[:sensitivity_images]
         report = nq.sensitivity_report(float_model, model, images, runner.layer_precisions(original_names=True))
         report["float_compute_layers"] = nq.float_compute_layers(runner.layer_precisions())
         report.update(extra)

@@ -14,7 +14,8 @@ from typing import Any
 
 from ...errors import ConfigError, did_you_mean
 
-BACKENDS = {"nncf-openvino": "edgetl.compress.quantize.nncf_openvino:NNCFOpenVINO"}
+BACKENDS = {"nncf-openvino": "edgetl.compress.quantize.nncf_openvino:NNCFOpenVINO",
+            "ort-qdq": "edgetl.compress.quantize.ort_qdq:OrtQDQ"}
 """name -> 'module:Class'; nothing is imported until a backend is asked for."""
 
 
@@ -38,6 +39,15 @@ class QuantizerBackend(abc.ABC):
         """INT8 with layers returned to float until the top-1 drop (a fraction, against this backend's own
         float model) is within ``max_drop``; None when the backend has no such mode."""
         return None
+
+    def rank_layers(self, float_model: Any, model: Any, images: Any) -> list[str] | None:
+        """Quantized layers of ``model``, the most harmful to accuracy first (for the generic per-layer
+        fallback of :mod:`.algorithm`); None when the backend cannot rank them."""
+        return None
+
+    def revert_layers(self, model: Any, names: list[str]) -> Any:
+        """A copy of the quantized ``model`` with layers ``names`` back in float (the rest untouched)."""
+        raise NotImplementedError(f"{self.name} cannot return single layers to float")
 
 
 def get_backend(name: str) -> QuantizerBackend:

@@ -1,0 +1,188 @@
+"""The TensorRT toolchain: float ONNX -> the ONNX files a TensorRT engine is built from on the device.
+
+No TensorRT here: the build writes what TensorRT consumes and measures it under ONNX Runtime on the CPU
+(ONNX Runtime's INT8 error tracks TensorRT's). For int8 it writes an explicit-quantization Q/DQ ONNX
+(``model.qdq.onnx``, FP32 elsewhere: TensorRT 10.3 with ``--int8 --fp16``) and its strongly typed twin
+(``model.qdq.fp16.onnx``, FP16 elsewhere: TensorRT >= 10.12 / 11, where precision lives in the ONNX); for
+fp16 ``model.fp16.onnx``; for fp32 ``model.onnx``. build.json records the engine settings and, for each
+TensorRT generation, the complete trtexec command; ``edgetl compile`` builds the engine on the device.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+import weakref
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .._io import sha256, write_json
+from ..errors import ConfigError, TargetError
+from .base import SavedArtifact, Toolchain
+from .trt_settings import EngineSettings, Hardware
+
+log = logging.getLogger(__name__)
+ONNX_FILES = {"int8": ("model.qdq.onnx", "model.qdq.fp16.onnx"), "fp16": ("model.fp16.onnx",), "fp32": ("model.onnx",)}
+"""Per precision: the file TensorRT < 10.12 builds with precision flags, then the strongly typed one (if other)."""
+
+
+def engine_settings(profile: Any, config: Any) -> EngineSettings:
+    """The profile's ``engine:`` defaults with the build options given for this build."""
+    data = dict(profile.engine)
+    for key in ("dla_core", "max_batch", "hardware_compatibility"):
+        if getattr(config, key, None) is not None:
+            data[key] = getattr(config, key)
+    if getattr(config, "version_compatible", False):
+        data["version_compatible"] = True
+    settings = EngineSettings.from_dict(data, f"{profile.name}.yaml")
+    if settings.opt_batch > settings.max_batch:
+        raise ConfigError(f"--max-batch {settings.max_batch} is below the profile's opt_batch {settings.opt_batch}")
+    return settings
+
+
+class TensorRTToolchain(Toolchain):
+    name = "tensorrt"
+    runtime = "onnxruntime"
+    """What measures the artifacts here; the engine itself runs under ``tensorrt`` on the device."""
+    quantizer = "ort-qdq"
+
+    def device(self, profile: Any) -> str:
+        return "cpu"
+
+    def runner_options(self, profile: Any, precision: str) -> dict[str, Any]:
+        return {}
+
+    def check(self, precision: str) -> None:
+        from .._lazy import lazy_import
+        from ..backends.onnxruntime import import_onnxruntime
+
+        lazy_import("onnx", purpose="TensorRT targets")
+        import_onnxruntime()
+        if precision == "int8":
+            from ..compress.quantize import get_backend
+
+            get_backend(self.quantizer).check()
+
+    def check_config(self, profile: Any, precision: str, config: Any) -> None:
+        hardware = Hardware.from_dict(profile.hardware, f"{profile.name}.yaml")
+        hardware.check_dla(profile.name, config.dla_core)
+        settings = engine_settings(profile, config)
+        if hardware.platform == "jetson" and settings.hardware_compatibility != "none":
+            raise TargetError(f"{profile.name}: TensorRT has no hardware-compatible engines on Jetson (JetPack); "
+                              "the engine is built on the module, so drop --hardware-compatibility")
+        if config.calibration is not None and precision != "int8":
+            raise ConfigError(f"--calibration applies to int8 only, not {precision}")
+
+    def convert(self, onnx_path: Path) -> Any:
+        import onnx
+
+        return onnx.load(str(onnx_path))
+
+    def runner(self, model_or_path: Any, device: str, options: dict[str, Any]) -> Any:
+        from ..backends.onnxruntime import OnnxRuntimeRunner
+
+        if isinstance(model_or_path, (str, Path)):
+            return OnnxRuntimeRunner(model_or_path, **options).load()
+        return _memory_runner(model_or_path, **options)
+
+    def save(self, model: Any, folder: Path, precision: str) -> list[SavedArtifact]:
+        import onnx
+
+        from ..compress.quantize.ort_qdq import to_fp16
+
+        if precision == "int8":
+            onnx.save(model, str(folder / ONNX_FILES["int8"][0]))
+            onnx.save(to_fp16(model), str(folder / ONNX_FILES["int8"][1]))
+            return [SavedArtifact(ONNX_FILES["int8"][0], {"format": "onnx-qdq", "deploy_runtime": "tensorrt"}),
+                    SavedArtifact(ONNX_FILES["int8"][1], {"format": "onnx-qdq-fp16", "deploy_runtime": "tensorrt"})]
+        name = ONNX_FILES[precision][0]
+        onnx.save(to_fp16(model) if precision == "fp16" else model, str(folder / name))
+        return [SavedArtifact(name, {"format": f"onnx-{precision}", "deploy_runtime": "tensorrt"})]
+
+    def describe(self, runner: Any) -> dict[str, Any]:
+        info = runner.describe()
+        return {"executed_precision": f"{info.precision} (ONNX Runtime CPU)", "threads": info.threads}
+
+    def reports(self, folder: Path, float_model: Any, model: Any, runner: Any, images: Any,
+                extra: dict[str, Any], precision: str, sensitivity_images: int) -> dict[str, Any]:
+        """int8: the layer sensitivity ranking and the FP16 Q/DQ twin checked; fp16: agreement with float."""
+        from ..compress.quantize import get_backend
+        from ..compress.quantize.ort_qdq import check_qdq_rules, quantized_layers
+
+        metrics: dict[str, Any] = {}
+        float_runner = self.runner(float_model, "cpu", {})
+        try:
+            if precision == "int8":
+                violations = check_qdq_rules(model)
+                if violations:
+                    raise TargetError(f"the Q/DQ ONNX breaks TensorRT's placement rules: {violations[0]}")
+                ranking = get_backend(self.quantizer).rank_layers(float_model, model, images[:sensitivity_images])
+                report = {"metric": "SQNR drop across each layer (dB, highest first)", "ranking": ranking,
+                          "quantized_layers": quantized_layers(model), **extra}
+                write_json(folder / "sensitivity.json", report)
+                twin = self.runner(folder / ONNX_FILES["int8"][1], "cpu", {})
+                metrics["fp16_twin"] = _agreement(float_runner, twin, runner, images)
+                metrics.update(quantized_layers=len(report["quantized_layers"]), worst_layers=ranking[:3])
+            elif precision == "fp16":
+                metrics["fp16_check"] = _agreement(float_runner, runner, None, images)
+        finally:
+            float_runner.close()
+        return metrics
+
+    def build_record(self, profile: Any, precision: str, config: Any, folder: Path,
+                     saved: list[SavedArtifact]) -> dict[str, Any]:
+        import onnx
+
+        from .tensorrt_engine import trtexec_commands
+
+        names = ONNX_FILES[precision]
+        files = {"precision-flags": names[0], "strongly-typed": names[-1]}
+        graph = onnx.load(str(folder / names[0]), load_external_data=False).graph
+        dims = [d.dim_value for d in graph.input[0].type.tensor_type.shape.dim]
+        settings, hardware = engine_settings(profile, config), Hardware.from_dict(profile.hardware)
+        commands = trtexec_commands(files, settings, precision, graph.input[0].name, tuple(dims[1:]), hardware)
+        return {"tensorrt": {
+            "precision": precision, "engine": settings.to_dict(), "hardware": vars(hardware),
+            "input": {"name": graph.input[0].name, "shape": dims[1:]}, "onnx": files,
+            "sha256": {n: sha256(folder / n) for n in names}, "trtexec": commands,
+            "compile": f"edgetl compile {profile.name}/{precision}  (or: edgetl compile RUN --target {profile.name} "
+                       f"--precision {precision}) on the device"}}
+
+
+def _agreement(reference: Any, candidate: Any, quantized: Any, images: Any) -> dict[str, Any]:
+    """Top-1 agreement and max |logit difference| of ``candidate`` vs the float ``reference`` (and vs
+    ``quantized``, the FP32 Q/DQ model, when given); a candidate ONNX Runtime cannot run is reported, not hidden."""
+    from ..data import image_batches
+
+    try:
+        pairs = [(reference.infer(b), candidate.infer(b), quantized.infer(b) if quantized else None)
+                 for b in image_batches(images, 16)]
+    except Exception as exc:  # noqa: BLE001 — ONNX Runtime's own error types; the reason is recorded
+        return {"runs_under_onnxruntime": False, "reason": str(exc).splitlines()[0][:200]}
+    ref = np.concatenate([p[0] for p in pairs])
+    out = np.concatenate([p[1] for p in pairs]).astype(np.float32)
+    result = {"runs_under_onnxruntime": True, "images": int(len(ref)),
+              "top1_agreement_vs_float": float(np.mean(ref.argmax(1) == out.argmax(1))),
+              "max_abs_logit_diff_vs_float": float(np.abs(ref - out).max())}
+    if quantized is not None:
+        q = np.concatenate([p[2] for p in pairs])
+        result.update(top1_agreement_vs_fp32_qdq=float(np.mean(q.argmax(1) == out.argmax(1))),
+                      max_abs_logit_diff_vs_fp32_qdq=float(np.abs(q - out).max()))
+    return result
+
+
+def _memory_runner(model: Any, **options: Any) -> Any:
+    """An ONNX Runtime runner for an in-memory ``onnx.ModelProto``, through a temporary file removed with the runner."""
+    import onnx
+
+    from ..backends.onnxruntime import OnnxRuntimeRunner
+
+    handle, name = tempfile.mkstemp(suffix=".onnx", prefix="edgetl-")
+    os.close(handle)
+    onnx.save(model, name)
+    runner = OnnxRuntimeRunner(name, **options)
+    weakref.finalize(runner, Path(name).unlink, missing_ok=True)
+    return runner.load()
