@@ -351,6 +351,42 @@ def status(run: Path | None, as_json: bool) -> None:
         sys.exit(4)
 
 
+def _compile_options(command):
+    from .config import Opt, options_from
+    from .toolchains.tensorrt_engine import CompileConfig
+
+    return options_from(CompileConfig, custom={
+        "strongly_typed": Opt(decls=("--strongly-typed/--precision-flags",),
+                              help="Strongly typed network from the FP16 ONNX, or TensorRT 10's precision flags "
+                                   "[default: strongly typed from TensorRT 10.12; always on 11]."),
+        "output": Opt(type=click.Path(path_type=Path, dir_okay=False)),
+    })(command)
+
+
+@cli.command("compile")
+@click.argument("source", type=click.Path(path_type=Path), required=False)
+@handle_errors
+@_compile_options
+def compile_command(source, values, given) -> None:
+    """Build the TensorRT engine of a jetson / nvidia-gpu export, on the device that will run it.
+
+    SOURCE is a run folder (its TARGET/PRECISION export; default: the latest run under ./runs) or an
+    artifact folder copied to the device (the ONNX files + build.json). Needs TensorRT and an NVIDIA GPU
+    (JetPack's TensorRT on a Jetson). Writes the raw engine (model.engine, loadable by trtexec, DeepStream
+    and C++), its fingerprint model.engine.json, layers.json and the reusable timing.cache.
+    """
+    from .config import build
+    from .toolchains.tensorrt_engine import CompileConfig, compile_engine
+
+    if source is None:
+        source = _run_or_latest(None)
+    result = compile_engine(source, build(CompileConfig, values))
+    fallback = f", {len(result.gpu_fallback_layers)} layer(s) fell back to the GPU" if result.gpu_fallback_layers else ""
+    click.echo(f"{result.engine}: {result.executed_precision or result.precision} on {result.device}"
+               f"{' (strongly typed)' if result.strongly_typed else ''}, built in {result.build_s:.0f} s{fallback}; "
+               f"fingerprint {result.sidecar.name}")
+
+
 @cli.command()
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
 @handle_errors

@@ -95,8 +95,9 @@ def discover_artifacts(manifest: Manifest) -> list[BenchTarget]:
             seen.add(path.resolve())
             key = path.resolve().relative_to(manifest.run_dir.resolve()).as_posix() if path.exists() else rel
             # run it as its build recorded: the target's device and runner options (bench options override)
+            takes_device = "device" in RUNTIMES[runtime].runner_class().option_names if runtime in RUNTIMES else False
             options = {**(entry.get("runner_options") or {}),
-                       **({"device": entry["device"]} if entry.get("device") else {})}
+                       **({"device": entry["device"]} if entry.get("device") and takes_device else {})}
             targets.append(BenchTarget(artifact=path, runtime=runtime, key=key, options=options,
                                        precision=entry.get("precision"), format=entry.get("format"),
                                        size_bytes=_size_on_disk(path) or entry.get("bytes")))

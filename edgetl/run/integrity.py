@@ -26,6 +26,9 @@ def rerun_hint(stage: str, run_dir: Path) -> str:
         return f"edgetl export {run_dir}"
     if stage == "bench":
         return f"edgetl bench {run_dir}"
+    if stage.endswith(":engine"):
+        target, precision, _ = stage.split(":", 2)
+        return f"edgetl compile {run_dir} --target {target} --precision {precision} (on the device)"
     if ":" in stage:
         target, precision = stage.split(":", 1)
         return f"edgetl export {run_dir} --target {target} --precision {precision}"

@@ -136,7 +136,7 @@ class TensorRTToolchain(Toolchain):
                      saved: list[SavedArtifact]) -> dict[str, Any]:
         import onnx
 
-        from .tensorrt_engine import trtexec_commands
+        from .tensorrt_engine import trtexec_commands, trtexec_notes
 
         names = ONNX_FILES[precision]
         files = {"precision-flags": names[0], "strongly-typed": names[-1]}
@@ -148,6 +148,7 @@ class TensorRTToolchain(Toolchain):
             "precision": precision, "engine": settings.to_dict(), "hardware": vars(hardware),
             "input": {"name": graph.input[0].name, "shape": dims[1:]}, "onnx": files,
             "sha256": {n: sha256(folder / n) for n in names}, "trtexec": commands,
+            "trtexec_notes": trtexec_notes(files, settings, precision),
             "compile": f"edgetl compile {profile.name}/{precision}  (or: edgetl compile RUN --target {profile.name} "
                        f"--precision {precision}) on the device"}}
 

@@ -219,7 +219,7 @@ def test_check_options_checks_values_too():
     with pytest.raises(ConfigError, match="performance_hint must be one of"):
         ov.check_options({"performance_hint": "FAST"})
     with pytest.raises(ConfigError, match="tensorrt runner device must be a CUDA device"):
-        runtime_spec("tensorrt").runner_class().check_options({"device": "DLA0"})
+        runtime_spec("tensorrt").runner_class().check_options({"device": "TPU0"})
     assert create_runner("tensorrt", "model.engine", device="cuda:1").device == 1
 
 

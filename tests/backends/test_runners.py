@@ -117,35 +117,3 @@ def test_tensorrt_missing_names_the_extra(tmp_path):
     engine.write_bytes(b"not an engine")
     with pytest.raises(MissingBackendError, match=r"edgetl\[tensorrt\]"):
         create_runner("tensorrt", engine).load()
-
-
-@pytest.mark.tensorrt
-@pytest.mark.gpu
-def test_tensorrt_engine_matches_onnxruntime(onnx_model, inputs, tmp_path):
-    trt = pytest.importorskip("tensorrt")
-    torch = pytest.importorskip("torch")
-    if not torch.cuda.is_available():
-        pytest.skip("no CUDA GPU")
-    onnx_path = onnx_model
-    # built with the raw TensorRT API until edgetl has a TensorRT target to build engines with
-    logger = trt.Logger(trt.Logger.WARNING)
-    builder = trt.Builder(logger)
-    network = builder.create_network(0)
-    parser = trt.OnnxParser(network, logger)
-    assert parser.parse(onnx_path.read_bytes()), [str(parser.get_error(i)) for i in range(parser.num_errors)]
-    config = builder.create_builder_config()
-    profile = builder.create_optimization_profile()
-    shape = inputs.shape[1:]
-    profile.set_shape(network.get_input(0).name, (1, *shape), (4, *shape), (16, *shape))
-    config.add_optimization_profile(profile)
-    engine = tmp_path / "model.engine"
-    engine.write_bytes(bytes(builder.build_serialized_network(network, config)))
-
-    reference = create_runner("onnxruntime", onnx_path).infer(inputs[:4])
-    with create_runner("tensorrt", engine) as runner:
-        out = runner.infer(inputs[:4])
-        info = runner.describe()
-    assert info.extra["tensorrt_version"] == trt.__version__ and info.extra["compute_capability"]
-    np.testing.assert_allclose(out, reference, atol=2e-2, rtol=2e-2)  # TF32 may be on by default
-    with pytest.raises(EdgetlError, match="optimization profile"):
-        runner.load().infer(np.zeros((17, *shape), np.float32))
