@@ -130,3 +130,102 @@ def test_export_without_run_says_which_run_it_took(tmp_path, learned_base):
     shutil.copytree(learned_base, tmp_path / "runs" / "probe")
     code, out = invoke("status", cwd=tmp_path)
     assert "using runs/probe, the most recent run under ./runs" in out
+
+
+# -- the jetson build (learned Lite0 at 32 px) ------------------------------------------------------------
+@pytest.fixture(scope="module")
+def jetson_run(learned_base, tmp_path_factory) -> Path:
+    """A copy of the learned run with jetson int8 and fp16 builds and an agx-orin DLA build."""
+    run = tmp_path_factory.mktemp("jetson") / "run"
+    shutil.copytree(learned_base, run)
+    build_target(run, TargetBuildConfig(target="jetson", precision="int8", latency_runs=5))
+    build_target(run, TargetBuildConfig(target="jetson", precision="fp16", latency_runs=5))
+    build_target(run, TargetBuildConfig(target="jetson-agx-orin", precision="int8", dla_core=1, latency_runs=0,
+                                        calibration="entropy"))
+    return run
+
+
+def _manifest(run: Path) -> dict:
+    return json.loads((run / "edgetl.json").read_text())
+
+
+def test_int8_writes_both_qdq_onnx_and_records_them(jetson_run):
+    import onnx
+
+    from edgetl.compress.quantize.ort_qdq import check_qdq_rules
+
+    folder = jetson_run / "jetson" / "int8"
+    stage = _manifest(jetson_run)["stages"]["jetson:int8"]
+    assert stage["status"] == "complete"
+    qdq, twin = stage["artifacts"]["jetson/int8/model.qdq.onnx"], stage["artifacts"]["jetson/int8/model.qdq.fp16.onnx"]
+    assert qdq["runtime"] == "onnxruntime" and qdq["deploy_runtime"] == "tensorrt" and qdq["precision"] == "int8"
+    assert "runtime" not in twin  # not benchmarked here: the strongly typed file is for TensorRT >= 10.12
+    for name in ("model.qdq.onnx", "model.qdq.fp16.onnx"):
+        model = onnx.load(str(folder / name))
+        onnx.checker.check_model(model, full_check=True)
+        assert check_qdq_rules(model) == []
+        assert sum(n.op_type == "DequantizeLinear" for n in model.graph.node) > 40
+    fp16 = onnx.load(str(folder / "model.qdq.fp16.onnx"))
+    assert {i.type.tensor_type.elem_type for i in fp16.graph.input} == {onnx.TensorProto.FLOAT}
+    assert any(t.data_type == onnx.TensorProto.FLOAT16 for t in fp16.graph.initializer)
+    metrics = stage["metrics"]
+    assert metrics["fp16_twin"]["runs_under_onnxruntime"] and metrics["fp16_twin"]["top1_agreement_vs_fp32_qdq"] >= 0.9
+    assert abs(metrics["drop_points"]) <= 100 * 2 / metrics["val_images"]  # at most two val images
+    assert (folder / "sensitivity.json").is_file() and metrics["worst_layers"]
+
+
+def test_build_json_has_engine_settings_and_both_trtexec_lines(jetson_run):
+    from edgetl._io import sha256
+
+    folder = jetson_run / "jetson" / "int8"
+    trt = json.loads((folder / "build.json").read_text())["tensorrt"]
+    assert trt["onnx"] == {"precision-flags": "model.qdq.onnx", "strongly-typed": "model.qdq.fp16.onnx"}
+    assert trt["sha256"] == {n: sha256(folder / n) for n in ("model.qdq.onnx", "model.qdq.fp16.onnx")}
+    assert trt["input"] == {"name": "input", "shape": [3, 32, 32]} and trt["engine"]["max_batch"] == 8
+    old, new = trt["trtexec"]["tensorrt-10.3"].split(), trt["trtexec"]["tensorrt-11"].split()
+    assert old[0] == new[0] == "trtexec"
+    assert "--onnx=model.qdq.onnx" in old and {"--int8", "--fp16"} <= set(old) and "--stronglyTyped" not in old
+    assert "--onnx=model.qdq.fp16.onnx" in new and "--stronglyTyped" in new and not {"--int8", "--fp16"} & set(new)
+    for line in (old, new):
+        assert {"--minShapes=input:1x3x32x32", "--optShapes=input:1x3x32x32", "--maxShapes=input:8x3x32x32",
+                "--timingCacheFile=timing.cache", "--memPoolSize=workspace:1024M", "--saveEngine=model.engine",
+                "--exportLayerInfo=layers.json", "--profilingVerbosity=detailed"} <= set(line)
+        assert not any(flag.startswith("--useDLACore") for flag in line)
+
+
+def test_dla_build_on_agx_orin_names_the_core_with_gpu_fallback(jetson_run):
+    trt = json.loads((jetson_run / "jetson-agx-orin" / "int8" / "build.json").read_text())["tensorrt"]
+    assert trt["engine"]["dla_core"] == 1
+    for line in trt["trtexec"].values():
+        assert "--useDLACore=1" in line.split() and "--allowGPUFallback" in line.split()
+    assert any("DLA" in note for note in trt["trtexec_notes"])  # TensorRT 11 on Jetson: no DLA before 11.4.1
+    config = json.loads((jetson_run / "jetson-agx-orin" / "int8" / "build.json").read_text())["config"]
+    assert config["calibration"] == "entropy"
+
+
+def test_fp16_onnx_checked_against_float(jetson_run):
+    import onnx
+
+    stage = _manifest(jetson_run)["stages"]["jetson:fp16"]
+    model = onnx.load(str(jetson_run / "jetson" / "fp16" / "model.fp16.onnx"))
+    assert any(t.data_type == onnx.TensorProto.FLOAT16 for t in model.graph.initializer)
+    check = stage["metrics"]["fp16_check"]
+    assert check["runs_under_onnxruntime"] and check["top1_agreement_vs_float"] >= 0.9
+    assert check["max_abs_logit_diff_vs_float"] < 0.05
+    trt = json.loads((jetson_run / "jetson" / "fp16" / "build.json").read_text())["tensorrt"]
+    assert "--fp16" in trt["trtexec"]["tensorrt-10.3"].split() and "--onnx=model.fp16.onnx" in trt["trtexec"]["tensorrt-11"]
+
+
+def test_bench_lists_the_qdq_onnx_beside_the_other_artifacts(jetson_run, tmp_path):
+    from edgetl.bench import BenchConfig, benchmark
+
+    config = BenchConfig(batch_sizes=(1,), warmup=2, iterations=5, rounds=1, min_iterations=2,
+                         output=str(tmp_path / "b"))
+    report = benchmark(jetson_run, config, progress=False)
+    rows = {r["key"]: r for r in report.data["results"]}
+    assert {"onnx/model.onnx", "jetson/int8/model.qdq.onnx", "jetson/fp16/model.fp16.onnx"} <= set(rows)
+    qdq = rows["jetson/int8/model.qdq.onnx"]
+    assert qdq["status"] == "ok" and qdq["runtime"] == "onnxruntime" and qdq["precision_artifact"] == "int8"
+    n = qdq["accuracy"]["samples"]
+    assert abs(qdq["accuracy"]["top1"] - rows["onnx/model.onnx"]["accuracy"]["top1"]) <= 2 / n
+    assert "jetson/int8/model.qdq.fp16.onnx" not in rows

@@ -20,12 +20,15 @@ def import_onnxruntime():
 
 class OnnxRuntimeRunner(Runner):
     runtime = "onnxruntime"
-    option_names = ("threads", "providers")
+    option_names = ("threads", "providers", "disabled_optimizers")
 
     def __init__(self, artifact: str | Path, *, threads: int | None = None,
-                 providers: tuple[str, ...] = ("CPUExecutionProvider",), **options: Any) -> None:
+                 providers: tuple[str, ...] = ("CPUExecutionProvider",), disabled_optimizers: tuple[str, ...] = (),
+                 **options: Any) -> None:
         super().__init__(artifact, threads=threads, **options)
         self.providers = list(providers)
+        self.disabled_optimizers = list(disabled_optimizers)
+        """Graph transformers to skip (an FP16 Q/DQ model needs ``WeightBiasQuantization`` off on the CPU)."""
         self.session = None
 
     def _load_impl(self) -> None:
@@ -36,7 +39,9 @@ class OnnxRuntimeRunner(Runner):
             opts.intra_op_num_threads = self.threads
         opts.log_severity_level = 3
         try:
-            self.session = ort.InferenceSession(str(self.artifact), sess_options=opts, providers=self.providers)
+            extra = {"disabled_optimizers": self.disabled_optimizers} if self.disabled_optimizers else {}
+            self.session = ort.InferenceSession(str(self.artifact), sess_options=opts, providers=self.providers,
+                                                **extra)
         except Exception as exc:  # ORT raises its own Fail/InvalidProtobuf types for damaged files
             first = next((line.strip() for line in str(exc).splitlines() if line.strip()), type(exc).__name__)
             raise EdgetlError(f"{self.artifact} could not be loaded by ONNX Runtime ({first[:160]}): the file is "

@@ -27,6 +27,8 @@ from .trt_settings import EngineSettings, Hardware
 log = logging.getLogger(__name__)
 ONNX_FILES = {"int8": ("model.qdq.onnx", "model.qdq.fp16.onnx"), "fp16": ("model.fp16.onnx",), "fp32": ("model.onnx",)}
 """Per precision: the file TensorRT < 10.12 builds with precision flags, then the strongly typed one (if other)."""
+TWIN_OPTIONS = {"disabled_optimizers": ["WeightBiasQuantization"]}
+"""ONNX Runtime CPU options the FP16 Q/DQ twin needs (see ``ort_qdq.ORT_CPU_DISABLED_OPTIMIZERS``)."""
 
 
 def engine_settings(profile: Any, config: Any) -> EngineSettings:
@@ -97,7 +99,8 @@ class TensorRTToolchain(Toolchain):
             onnx.save(model, str(folder / ONNX_FILES["int8"][0]))
             onnx.save(to_fp16(model), str(folder / ONNX_FILES["int8"][1]))
             return [SavedArtifact(ONNX_FILES["int8"][0], {"format": "onnx-qdq", "deploy_runtime": "tensorrt"}),
-                    SavedArtifact(ONNX_FILES["int8"][1], {"format": "onnx-qdq-fp16", "deploy_runtime": "tensorrt"})]
+                    SavedArtifact(ONNX_FILES["int8"][1], {"format": "onnx-qdq-fp16", "deploy_runtime": "tensorrt",
+                                                          "onnxruntime_options": TWIN_OPTIONS})]
         name = ONNX_FILES[precision][0]
         onnx.save(to_fp16(model) if precision == "fp16" else model, str(folder / name))
         return [SavedArtifact(name, {"format": f"onnx-{precision}", "deploy_runtime": "tensorrt"})]
@@ -123,7 +126,7 @@ class TensorRTToolchain(Toolchain):
                 report = {"metric": "SQNR drop across each layer (dB, highest first)", "ranking": ranking,
                           "quantized_layers": quantized_layers(model), **extra}
                 write_json(folder / "sensitivity.json", report)
-                twin = self.runner(folder / ONNX_FILES["int8"][1], "cpu", {})
+                twin = self.runner(folder / ONNX_FILES["int8"][1], "cpu", TWIN_OPTIONS)
                 metrics["fp16_twin"] = _agreement(float_runner, twin, runner, images)
                 metrics.update(quantized_layers=len(report["quantized_layers"]), worst_layers=ranking[:3])
             elif precision == "fp16":
@@ -149,8 +152,8 @@ class TensorRTToolchain(Toolchain):
             "input": {"name": graph.input[0].name, "shape": dims[1:]}, "onnx": files,
             "sha256": {n: sha256(folder / n) for n in names}, "trtexec": commands,
             "trtexec_notes": trtexec_notes(files, settings, precision),
-            "compile": f"edgetl compile {profile.name}/{precision}  (or: edgetl compile RUN --target {profile.name} "
-                       f"--precision {precision}) on the device"}}
+            "compile": "on the device, in a copy of this folder: edgetl compile . (or run the trtexec line of its "
+                       "TensorRT version)"}}
 
 
 def _agreement(reference: Any, candidate: Any, quantized: Any, images: Any) -> dict[str, Any]:

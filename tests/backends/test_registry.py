@@ -206,7 +206,7 @@ def test_unknown_option_is_refused_with_a_suggestion(name):
 
 def test_option_of_another_runtime_is_refused():
     with pytest.raises(ConfigError, match=r"^onnxruntime runner does not take option 'precision_hint'\. "
-                                          r"It takes: threads, providers$"):
+                                          r"It takes: threads, providers, disabled_optimizers$"):
         create_runner("onnxruntime", "model.onnx", precision_hint="f32")
     with pytest.raises(ConfigError, match=r"openvino runner does not take option 'precison_hint'\. "
                                           r"Did you mean: precision_hint"):
