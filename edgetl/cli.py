@@ -193,6 +193,10 @@ def export(run, target, no_verify, values, given) -> None:
         click.echo(f"{built.path}: top-1 {100 * m['top1']:.2f}% (float {100 * m['float_top1']:.2f}%, drop "
                    f"{m['drop_points']:.2f} points), runs in {m['executed_precision']}, "
                    f"batch-1 p50 {m['latency_p50_ms']} ms")
+        control = m.get("accuracy_control")
+        if control and control.get("reverted_to_float"):
+            names = m.get("float_modules") or control["reverted_to_float"]
+            click.echo(f"  left in float to meet --max-drop: {', '.join(names)}")
 
 
 def _needs_export(run: Path, config, given: set[str]) -> bool:
@@ -289,15 +293,18 @@ def _bench_options(command):
 
 
 @cli.command()
-@click.argument("inputs", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.argument("inputs", nargs=-1, type=click.Path(path_type=Path))
 @handle_errors
 @_bench_options
 def bench(inputs, values, given) -> None:
     """Latency and accuracy drop of every artifact of one or more RUNs (or of artifact files), side by side.
 
     Several runs (a model and its pruned child) share one table and plot; keys and labels name the run.
+    With no input, the most recent run under ./runs.
     """
     from rich.console import Console
+
+    inputs = inputs or (_run_or_latest(None),)
 
     from .bench import BenchConfig, benchmark, render_comparison, render_table
     from .config import build

@@ -53,7 +53,7 @@ class OnnxRuntimeRunner(Runner):
 
     def _describe_impl(self) -> RunnerInfo:
         ort = import_onnxruntime()
-        precision = "int8-qdq" if _has_qdq(self.artifact) else "fp32"
+        precision = _precision(self.artifact)
         return RunnerInfo(runtime="onnxruntime", version=ort.__version__, device="cpu", precision=precision,
                           threads=self.threads, extra={"providers": self.session.get_providers()})
 
@@ -62,8 +62,12 @@ class OnnxRuntimeRunner(Runner):
         super().close()
 
 
-def _has_qdq(path: Path) -> bool:
+def _precision(path: Path) -> str:
+    """``int8-qdq`` (Q/DQ nodes; ``int8-qdq+fp16`` with FP16 weights), ``fp16`` or ``fp32``, from the graph."""
     import onnx
 
     model = onnx.load(str(path), load_external_data=False)
-    return any(node.op_type == "QuantizeLinear" for node in model.graph.node)
+    fp16 = any(init.data_type == onnx.TensorProto.FLOAT16 for init in model.graph.initializer)
+    if any(node.op_type == "QuantizeLinear" for node in model.graph.node):
+        return "int8-qdq+fp16" if fp16 else "int8-qdq"
+    return "fp16" if fp16 else "fp32"

@@ -39,6 +39,9 @@ class BenchTarget:
     """Why the artifact no longer reflects its inputs (e.g. ONNX exported from an older checkpoint)."""
     run: str | None = None
     """The run's short name when several runs are benchmarked together."""
+    deploy_runtime: str | None = None
+    """The runtime the artifact is meant for when it differs from the one measuring it here (a Q/DQ ONNX
+    measured under ONNX Runtime is built into a TensorRT engine on the device)."""
 
 
 def runtime_for_path(path: Path) -> str:
@@ -100,7 +103,8 @@ def discover_artifacts(manifest: Manifest) -> list[BenchTarget]:
                        **({"device": entry["device"]} if entry.get("device") and takes_device else {})}
             targets.append(BenchTarget(artifact=path, runtime=runtime, key=key, options=options,
                                        precision=entry.get("precision"), format=entry.get("format"),
-                                       size_bytes=_size_on_disk(path) or entry.get("bytes")))
+                                       size_bytes=_size_on_disk(path) or entry.get("bytes"),
+                                       deploy_runtime=entry.get("deploy_runtime")))
     return targets
 
 
@@ -199,7 +203,8 @@ def _load_manifests(inputs: Sequence[str | Path]) -> tuple[Manifest, list[BenchT
         key = path.resolve().relative_to(run_dir.resolve()).as_posix()
         found.append((run_dir.resolve(), BenchTarget(
             artifact=path, runtime=entry.get("runtime", runtime_for_path(path)), key=key,
-            precision=entry.get("precision"), format=entry.get("format"), size_bytes=_size_on_disk(path))))
+            precision=entry.get("precision"), format=entry.get("format"), size_bytes=_size_on_disk(path),
+            deploy_runtime=entry.get("deploy_runtime"))))
     first = next(iter(manifests.values()))
     for other in manifests.values():
         if other.classes != first.classes or other.preprocessing != first.preprocessing:

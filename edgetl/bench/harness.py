@@ -149,6 +149,9 @@ def _notes(results: list[dict[str, Any]], has_reference: bool, config: BenchConf
                          f"on {n_images} images -> {verdict}")
         if res["status"] != "ok":
             notes.append(f"{res['key']} {res['status']}: {res['reason']}")
+        if res.get("deploy_runtime") and res["deploy_runtime"] != res["runtime"]:
+            notes.append(f"{res['key']} is built for {res['deploy_runtime']} on the device: measured here under "
+                         f"{res['runtime']} for its accuracy; its latency here says nothing about {res['deploy_runtime']}")
         if res.get("stale"):
             notes.append(f"{res['key']} is stale ({res['stale']}): its numbers describe an older model; "
                          "re-export it before trusting them")

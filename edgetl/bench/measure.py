@@ -155,6 +155,7 @@ def _new_row(target: BenchTarget) -> dict[str, Any]:
             "key": target.key, "artifact": str(target.artifact), "runtime": target.runtime,
             "format": target.format, "variant": target.variant, "options": target.options,
             "precision_artifact": target.precision, "precision_executed": None, "size_bytes": target.size_bytes,
+            "deploy_runtime": target.deploy_runtime,
             "status": "ok", "reason": None, "load_s": None, "load_rss_delta_mb": None, "runner": None,
             "latency": [], "memory": None, "accuracy": None, "vs_reference": None, "stale": target.stale}
 

@@ -123,12 +123,17 @@ class TensorRTToolchain(Toolchain):
                 if violations:
                     raise TargetError(f"the Q/DQ ONNX breaks TensorRT's placement rules: {violations[0]}")
                 ranking = get_backend(self.quantizer).rank_layers(float_model, model, images[:sensitivity_images])
-                report = {"metric": "SQNR drop across each layer (dB, highest first)", "ranking": ranking,
-                          "quantized_layers": quantized_layers(model), **extra}
+                layers = quantized_layers(model)
+                reverted = (extra.get("accuracy_control") or {}).get("reverted_to_float", [])
+                report = {"metric": "SQNR of each layer's own output (lowest first)", "ranking": ranking,
+                          "quantized_layers": layers, "modules": module_names(float_model, [*ranking, *reverted]),
+                          **extra}
                 write_json(folder / "sensitivity.json", report)
                 twin = self.runner(folder / ONNX_FILES["int8"][1], "cpu", TWIN_OPTIONS)
                 metrics["fp16_twin"] = _agreement(float_runner, twin, runner, images)
-                metrics.update(quantized_layers=len(report["quantized_layers"]), worst_layers=ranking[:3])
+                metrics.update(quantized_layers=len(layers), worst_layers=[report["modules"][n] for n in ranking[:3]])
+                if reverted:
+                    metrics["float_modules"] = [report["modules"][n] for n in reverted]
             elif precision == "fp16":
                 metrics["fp16_check"] = _agreement(float_runner, runner, None, images)
         finally:
@@ -154,6 +159,17 @@ class TensorRTToolchain(Toolchain):
             "trtexec_notes": trtexec_notes(files, settings, precision),
             "compile": "on the device, in a copy of this folder: edgetl compile . (or run the trtexec line of its "
                        "TensorRT version)"}}
+
+
+def module_names(model: Any, nodes: list[str]) -> dict[str, str]:
+    """ONNX node -> the PyTorch module it came from (its weight initializer's name, e.g. ``blocks.5.3.conv_pwl``),
+    or the node name itself when the exporter kept no such name."""
+    weights = {init.name for init in model.graph.initializer}
+    found = {}
+    for node in model.graph.node:
+        if node.name in nodes and len(node.input) > 1 and node.input[1] in weights:
+            found[node.name] = node.input[1].removesuffix(".weight")
+    return {name: found.get(name, name) for name in nodes}
 
 
 def _agreement(reference: Any, candidate: Any, quantized: Any, images: Any) -> dict[str, Any]:

@@ -49,10 +49,11 @@ def quantize_within_budget(backend: QuantizerBackend, float_model: Any, calib: l
                                "ptq_drop_points": round(100 * (float_top1 - ptq_top1), 4)}
     if max_drop is None or metrics["ptq_drop_points"] <= max_drop or not accuracy_control:
         return QuantizeOutcome(model, metrics)
-    log.info("plain INT8 drops %.2f points (budget %.2f): running %s accuracy control",
-             metrics["ptq_drop_points"], max_drop, backend.name)
+    own = type(backend).accuracy_control is not QuantizerBackend.accuracy_control
+    log.info("plain INT8 drops %.2f points (budget %.2f): %s", metrics["ptq_drop_points"], max_drop,
+             f"running {backend.name} accuracy control" if own else "leaving the most sensitive layers in float")
     controlled = None
-    if type(backend).accuracy_control is not QuantizerBackend.accuracy_control:  # the backend has its own
+    if own:
         backend_float_top1 = evaluate.top1(evaluate.runner(float_model))
         budget = max(0.0, max_drop / 100 - (float_top1 - backend_float_top1))
         controlled = backend.accuracy_control(float_model, calib, spec, images, labels, budget, settings,
