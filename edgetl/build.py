@@ -90,6 +90,22 @@ def stage_name(target: str, precision: str) -> str:
     return f"{target}:{precision}"
 
 
+def check_build_config(config: TargetBuildConfig) -> tuple[TargetProfile, str, Toolchain]:
+    """The target's profile, the precision and the toolchain, once every option has been checked against
+    them (unknown target or precision, a DLA core the module lacks, a typo in the profile's quantization
+    block): a bad request fails here, before any work."""
+    profile = load_target(config.target)
+    precision = profile.check_precision(config.precision)
+    toolchain = get_toolchain(profile.toolchain)
+    toolchain.check_config(profile, precision, config)
+    if precision == "int8":
+        from .compress.quantize import get_backend
+
+        chosen = {"calibration": config.calibration} if config.calibration else {}
+        get_backend(toolchain.quantizer).settings({**profile.quantization, **chosen}, f"{profile.name}.yaml")
+    return profile, precision, toolchain
+
+
 def build_target(run_dir: str | Path, config: TargetBuildConfig | None = None, *,
                  verify: bool = True) -> TargetBuildResult:
     """Build ``run_dir`` for ``config.target`` at ``config.precision`` and record it in the manifest.
@@ -98,15 +114,7 @@ def build_target(run_dir: str | Path, config: TargetBuildConfig | None = None, *
     skips that), and an ONNX export older than the checkpoint is refused as stale.
     """
     config = config or TargetBuildConfig()
-    profile = load_target(config.target)
-    precision = profile.check_precision(config.precision)
-    toolchain = get_toolchain(profile.toolchain)
-    toolchain.check_config(profile, precision, config)
-    if precision == "int8":  # a typo in the profile's quantization block fails before any work
-        from .compress.quantize import get_backend
-
-        chosen = {"calibration": config.calibration} if config.calibration else {}
-        get_backend(toolchain.quantizer).settings({**profile.quantization, **chosen}, f"{profile.name}.yaml")
+    profile, precision, toolchain = check_build_config(config)
     manifest = Manifest.load(run_dir)
     manifest.require("onnx", f"run `edgetl export {run_dir}` first")
     require_current(manifest, "onnx")

@@ -177,10 +177,10 @@ def export(run, target, no_verify, values, given) -> None:
     target = target or values.get("target")
     export_config = build(ExportConfig, values)
     build_config = build(TargetBuildConfig, values, target=target or "intel-cpu")
-    if target is not None:  # an unknown target or precision fails before any work
-        from .profiles import load_target
+    if target is not None:  # an unknown target, precision or option fails before any work
+        from .build import check_build_config
 
-        load_target(target).check_precision(build_config.precision)
+        check_build_config(build_config)
     if target is None or _needs_export(run, export_config, given):
         result = export_onnx(run, export_config, verify=not no_verify)
         m = result.metrics

@@ -52,6 +52,17 @@ def check_keys(cls_or_names: type | set[str], data: dict[str, Any], source: str)
             raise ConfigError(f"{source}: unknown option {key!r}.{did_you_mean(key, sorted(names))}")
 
 
+def settings_from_dict(cls: type, data: dict[str, Any], source: str = "", what: str = "setting") -> Any:
+    """``cls(**data)`` for a settings dataclass read from a YAML block; an unknown key is a one-line
+    :class:`ConfigError` naming the block (``source``), the closest known key and every key it takes."""
+    known = list(config_fields(cls))
+    for key in data:
+        if key not in known:
+            where = f"{source} " if source else ""
+            raise ConfigError(f"{where}{what} {key!r} is unknown.{did_you_mean(key, known)} It takes: {', '.join(known)}")
+    return cls(**data)
+
+
 def load_config_file(path: str | Path) -> dict[str, Any]:
     """A YAML (or JSON) mapping of option names (``batch-size`` or ``batch_size``) to values."""
     import yaml

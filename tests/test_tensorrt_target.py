@@ -80,7 +80,7 @@ def test_dla_requests_are_checked_against_the_module():
 
 
 def test_options_other_toolchains_cannot_honour():
-    with pytest.raises(ConfigError, match="--calibration, --dla-core only apply to TensorRT"):
+    with pytest.raises(ConfigError, match="--calibration, --dla-core apply only to TensorRT targets"):
         _check("intel-cpu", dla_core=0, calibration="entropy")
     with pytest.raises(TargetError, match="no hardware-compatible engines on Jetson"):
         _check("jetson", hardware_compatibility="ampere+")

@@ -49,8 +49,9 @@ class Toolchain(abc.ABC):
         given = [k for k in TENSORRT_OPTIONS if getattr(config, k) is not None and getattr(config, k) is not False]
         tensorrt_only = [f"--{k.replace('_', '-')}" for k in given]
         if tensorrt_only:
-            raise ConfigError(f"{', '.join(tensorrt_only)} only apply to TensorRT targets (see `edgetl targets`), "
-                              f"not {profile.name}")
+            verb = "applies" if len(tensorrt_only) == 1 else "apply"
+            raise ConfigError(f"{', '.join(tensorrt_only)} {verb} only to TensorRT targets (see `edgetl targets`), "
+                              f"not to {profile.name}")
 
     def runner_options(self, profile: Any, precision: str) -> dict[str, Any]:
         """The runner settings an app should use for this artifact (recorded with it)."""

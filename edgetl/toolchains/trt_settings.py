@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, fields
 from typing import Any, ClassVar
 
-from ..errors import ConfigError, TargetError, did_you_mean
+from ..errors import ConfigError, TargetError
 
 CALIBRATION_METHODS = ("minmax", "entropy", "percentile")
 """Activation range methods of ONNX Runtime's calibrators (the Q/DQ quantizer's ``calibration`` setting)."""
@@ -65,13 +65,9 @@ class EngineSettings:
     @classmethod
     def from_dict(cls, data: dict[str, Any], source: str = "") -> EngineSettings:
         """Settings from a dict (profile ``engine:`` block, build.json); an unknown key is a ConfigError."""
-        known = [f.name for f in fields(cls)]
-        for key in data:
-            if key not in known:
-                where = f"{source} " if source else ""
-                raise ConfigError(f"{where}engine setting {key!r} is unknown.{did_you_mean(key, known)} "
-                                  f"It takes: {', '.join(known)}")
-        return cls(**data)
+        from ..config import settings_from_dict
+
+        return settings_from_dict(cls, data, source, "engine setting")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import logging
 import math
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -13,7 +13,7 @@ import numpy as np
 
 from ..._console import stdout_to_stderr
 from ...backends.openvino import COMPUTE_LAYERS, import_openvino  # noqa: F401  (COMPUTE_LAYERS: re-exported)
-from ...errors import ConfigError, did_you_mean
+from ...errors import ConfigError
 from .backend import QuantizerBackend
 from .calibration import CalibrationImages, LabelledImages
 
@@ -51,13 +51,9 @@ class QuantizeSettings:
     @classmethod
     def from_dict(cls, data: dict[str, Any], source: str = "") -> QuantizeSettings:
         """Settings from a profile's ``quantization`` block; an unknown key is a :class:`ConfigError`."""
-        known = [f.name for f in fields(cls)]
-        for key in data:
-            if key not in known:
-                where = f"{source} " if source else ""
-                raise ConfigError(f"{where}quantization setting {key!r} is unknown.{did_you_mean(key, known)} "
-                                  f"It takes: {', '.join(known)}")
-        return cls(**data)
+        from ...config import settings_from_dict
+
+        return settings_from_dict(cls, data, source, "quantization setting")
 
 
 def _common_args(nncf: Any, settings: QuantizeSettings, subset_size: int) -> dict[str, Any]:

@@ -18,7 +18,7 @@ import math
 import os
 import tempfile
 from collections.abc import Iterator
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -125,13 +125,9 @@ class QDQSettings:
     @classmethod
     def from_dict(cls, data: dict[str, Any], source: str = "") -> QDQSettings:
         """Settings from a profile's ``quantization`` block; an unknown key is a :class:`ConfigError`."""
-        known = [f.name for f in fields(cls)]
-        for key in data:
-            if key not in known:
-                where = f"{source} " if source else ""
-                raise ConfigError(f"{where}quantization setting {key!r} is unknown.{did_you_mean(key, known)} "
-                                  f"It takes: {', '.join(known)}")
-        return cls(**data)
+        from ...config import settings_from_dict
+
+        return settings_from_dict(cls, data, source, "quantization setting")
 
 
 # -- quantization -------------------------------------------------------------------------
