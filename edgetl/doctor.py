@@ -24,6 +24,7 @@ LIBRARIES = {
     "torch-pruning": ("torch_pruning", "prune"),
     "timm": ("timm", None),
     "onnxslim": ("onnxslim", None),
+    "polygraphy": ("polygraphy", "tensorrt"),
 }
 
 
