@@ -358,6 +358,44 @@ def status(run: Path | None, as_json: bool) -> None:
         sys.exit(4)
 
 
+def _prune_options(command):
+    from .config import Opt, options_from
+    from .prune import IMPORTANCES, PruneConfig
+
+    return options_from(PruneConfig, custom={
+        "ratio": Opt(type=click.FloatRange(0, 1, min_open=True, max_open=True)),
+        "importance": Opt(type=click.Choice(IMPORTANCES)),
+        "keep": Opt(multiple=True, help="Module name kept whole, besides the classifier (repeatable)."),
+        "output": Opt(decls=("-o", "--output"), type=click.Path(path_type=Path)),
+        "round_to": Opt(type=click.IntRange(min=1)),
+        "patience": Opt(type=click.IntRange(min=0), to_field=lambda v: v or None),
+    })(command)
+
+
+@cli.command()
+@click.argument("run", type=click.Path(path_type=Path), required=False)
+@click.option("--overwrite", is_flag=True, help="Replace an existing pruned run folder at --output.")
+@handle_errors
+@_prune_options
+def prune(run, overwrite, values, given) -> None:
+    """Remove whole channels from RUN's model, then recover it by distillation: a new run whose parent is RUN.
+
+    RUN defaults to the latest run under ./runs. The pruned run is an ordinary run: export it, build
+    it for any target, and bench it beside its parent (edgetl bench PARENT CHILD).
+    """
+    from .config import build
+    from .prune import PruneConfig
+    from .prune import prune as prune_run
+
+    run = _run_or_latest(run)
+    result = prune_run(run, build(PruneConfig, values), overwrite=overwrite)
+    m = result.metrics
+    click.echo(f"{result.run_dir}: {100 * m['macs_reduction']:.1f}% fewer MACs ({m['macs_before'] / 1e9:.3f}G -> "
+               f"{m['macs_after'] / 1e9:.3f}G), params {m['params_before'] / 1e6:.2f}M -> {m['params_after'] / 1e6:.2f}M, "
+               f"val top-1 {100 * m['top1_parent']:.2f}% -> {100 * m['top1_pruned']:.2f}% pruned -> "
+               f"{100 * m['top1_recovered']:.2f}% recovered (parent {result.parent})")
+
+
 def _compile_options(command):
     from .config import Opt, options_from
     from .toolchains.tensorrt_engine import CompileConfig

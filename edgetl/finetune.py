@@ -185,12 +185,22 @@ def resume(run_dir: str | Path, *, progress: bool = True, epochs: int | None = N
         splits = _resumed_splits(manifest, config)
         bundle = build_model(manifest.model["name"], len(splits.classes), pretrained=False,
                              image_size=config.image_size)
-        trainer = Trainer(config, bundle, splits, manifest, progress=progress)
+        loss = None
+        if manifest.stage("prune") is not None:  # a pruned run recovers by distillation from its parent
+            from .prune import resume_recovery
+
+            loss = resume_recovery(manifest, bundle, config)
+        trainer = Trainer(config, bundle, splits, manifest, progress=progress, loss=loss)
         trainer._restore()
         if "epochs" in changes and config.epochs <= trainer.epoch:
             raise ConfigError(f"{run_dir} has trained {trainer.epoch} epoch(s) already: --epochs must be more than "
                               f"{trainer.epoch} to train it further")
-        return trainer.run(fresh=False)
+        result = trainer.run(fresh=False)
+        if loss is not None:
+            from .prune import update_report
+
+            update_report(manifest, result)
+        return result
 
 
 def _resumed_config(recorded: dict[str, Any], changes: dict[str, Any], run_dir: str | Path) -> FinetuneConfig:

@@ -50,6 +50,9 @@ class ModelBundle:
     """Where the weights came from: 'imagenet', 'file:PATH', 'random'."""
     num_classes: int
     info: dict[str, Any] = field(default_factory=dict)
+    architecture: dict[str, Any] | None = None
+    """A pruned model's shapes per module (:func:`edgetl.compress.prune.architecture_record`), saved in its
+    checkpoints; None for the backbone as built."""
 
     def describe(self) -> dict[str, Any]:
         params = sum(p.numel() for p in self.model.parameters())
@@ -340,6 +343,10 @@ def load_checkpoint(path: str | Path) -> tuple[Any, dict[str, Any]]:
     _check_against_run(path, checkpoint)
     bundle = build_model(checkpoint["model_name"], int(checkpoint["num_classes"]), pretrained=False,
                          image_size=checkpoint.get("image_size"))
+    if checkpoint.get("architecture"):  # a pruned model: reshape the fresh build to its channels first
+        from .compress.prune import apply_architecture
+
+        apply_architecture(bundle.model, checkpoint["architecture"])
     try:
         bundle.model.load_state_dict(checkpoint["state_dict"])
     except RuntimeError as exc:

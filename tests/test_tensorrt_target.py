@@ -229,3 +229,26 @@ def test_bench_lists_the_qdq_onnx_beside_the_other_artifacts(jetson_run, tmp_pat
     n = qdq["accuracy"]["samples"]
     assert abs(qdq["accuracy"]["top1"] - rows["onnx/model.onnx"]["accuracy"]["top1"]) <= 2 / n
     assert "jetson/int8/model.qdq.fp16.onnx" not in rows
+
+
+def test_2_4_sparse_weights_are_detected_for_the_sparse_builder_setting():
+    import numpy as np
+    from onnx import TensorProto, helper, numpy_helper
+
+    from edgetl.toolchains.tensorrt import sparse_2_4_weights
+
+    def model(weight):
+        graph = helper.make_graph([helper.make_node("Conv", ["x", "w"], ["y"])], "g",
+                                  [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 8, 5, 5])],
+                                  [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+                                  [numpy_helper.from_array(weight, "w")])
+        return helper.make_model(graph)
+
+    dense = np.random.default_rng(0).normal(size=(8, 8, 3, 3)).astype(np.float32)
+    groups = np.moveaxis(dense, 1, -1).reshape(-1, 4).copy()
+    np.put_along_axis(groups, np.argsort(np.abs(groups), 1)[:, :2], 0, 1)  # 2 zeros in every 4 input channels
+    sparse = np.ascontiguousarray(np.moveaxis(groups.reshape(8, 3, 3, 8), -1, 1))
+    assert sparse_2_4_weights(model(dense)) == {"layers": 1, "sparse_layers": 0, "sparse": False}
+    assert sparse_2_4_weights(model(sparse)) == {"layers": 1, "sparse_layers": 1, "sparse": True}
+    wrong_axis = np.ascontiguousarray(np.swapaxes(sparse, 0, 1))  # zeros along the output channels instead
+    assert not sparse_2_4_weights(model(wrong_axis))["sparse"]

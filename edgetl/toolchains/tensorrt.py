@@ -151,14 +151,37 @@ class TensorRTToolchain(Toolchain):
         graph = onnx.load(str(folder / names[0]), load_external_data=False).graph
         dims = [d.dim_value for d in graph.input[0].type.tensor_type.shape.dim]
         settings, hardware = engine_settings(profile, config), Hardware.from_dict(profile.hardware)
+        sparse = sparse_2_4_weights(onnx.load(str(folder / names[0])))
+        if sparse["sparse"] and not settings.sparse_weights:  # a 2:4-pruned run: let TensorRT use sparse kernels
+            settings = EngineSettings.from_dict({**settings.to_dict(), "sparse_weights": True})
         commands = trtexec_commands(files, settings, precision, graph.input[0].name, tuple(dims[1:]), hardware)
         return {"tensorrt": {
             "precision": precision, "engine": settings.to_dict(), "hardware": vars(hardware),
-            "input": {"name": graph.input[0].name, "shape": dims[1:]}, "onnx": files,
+            "input": {"name": graph.input[0].name, "shape": dims[1:]}, "onnx": files, "weights_2_4": sparse,
             "sha256": {n: sha256(folder / n) for n in names}, "trtexec": commands,
             "trtexec_notes": trtexec_notes(files, settings, precision),
             "compile": "on the device, in a copy of this folder: edgetl compile . (or run the trtexec line of its "
                        "TensorRT version)"}}
+
+
+def sparse_2_4_weights(model: Any, threshold: float = 0.9) -> dict[str, Any]:
+    """Whether the model's Conv/Gemm weights follow NVIDIA's 2:4 pattern (at most 2 non-zeros in every 4
+    consecutive input channels, per output channel and kernel position): ``{"layers", "sparse_layers",
+    "sparse"}`` with ``sparse`` when at least ``threshold`` of the eligible layers do."""
+    from onnx import numpy_helper
+
+    weights = {init.name: init for init in model.graph.initializer}
+    eligible = sparse = 0
+    for node in model.graph.node:
+        if node.op_type not in ("Conv", "Gemm", "MatMul") or len(node.input) < 2 or node.input[1] not in weights:
+            continue
+        w = numpy_helper.to_array(weights[node.input[1]])
+        if w.ndim not in (2, 4) or w.shape[1] % 4 or w.shape[1] < 4:
+            continue
+        groups = (np.moveaxis(w, 1, -1) if w.ndim == 4 else w).reshape(-1, 4)
+        eligible += 1
+        sparse += bool(((groups != 0).sum(1) <= 2).all())
+    return {"layers": eligible, "sparse_layers": sparse, "sparse": bool(eligible and sparse >= threshold * eligible)}
 
 
 def module_names(model: Any, nodes: list[str]) -> dict[str, str]:

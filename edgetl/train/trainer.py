@@ -129,6 +129,8 @@ class Trainer:
         payload = {"state_dict": self.model.state_dict(), "model_name": self.bundle.name,
                    "num_classes": len(self.classes), "classes": self.classes, "epoch": self.epoch,
                    "image_size": self.bundle.preprocess.input_size}
+        if self.bundle.architecture is not None:  # a pruned model: channels per layer, to rebuild it
+            payload["architecture"] = self.bundle.architecture
         with atomic_path(self.run_dir / "checkpoint.pt", suffix=".pt") as tmp:
             torch.save(payload, tmp)
 
@@ -179,6 +181,8 @@ class Trainer:
 
     # -- loops ------------------------------------------------------------------------------
     def _forward_loss(self, images, targets):
+        if getattr(self.loss, "needs_inputs", False):  # distillation: the teacher sees the same batch
+            return self.loss(self.model(images), targets, inputs=images)
         return self.loss(self.model(images), targets)
 
     def _train_epoch(self, progress, task) -> tuple[float, float]:

@@ -1,0 +1,411 @@
+"""``edgetl prune RUN``: remove whole channels (Torch-Pruning), then recover accuracy by fine-tuning with
+knowledge distillation from the unpruned model. The result is a new run whose parent is RUN.
+
+The pruned run is an ordinary run folder: its ``checkpoint.pt`` carries an architecture record (channels
+per layer) beside the state dict, so it loads with ``weights_only=True`` wherever edgetl loads a
+checkpoint, and export, every target, bench and packaging work on it unchanged. Its frozen split is the
+parent's, so accuracies compare image for image.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .errors import ConfigError, RunFolderError
+
+log = logging.getLogger(__name__)
+STAGE = "prune"
+IMPORTANCES = ("magnitude", "taylor", "lamp")
+
+
+@dataclass
+class PruneConfig:
+    """How much to prune, how, and how to recover."""
+
+    ratio: float | None = None
+    """Channel pruning ratio in (0, 1): 0.4 removes 40% of the channels of every prunable layer."""
+    target_macs: str | None = None
+    """Prune in steps until the model has at most this many MACs (e.g. 0.2G, 150M), recovering between steps."""
+    target_latency: str | None = None
+    """Prune in steps until batch-1 latency on --target (its own runtime, its default precision) is at most this (e.g. 0.6ms)."""
+    target: str = "intel-cpu"
+    """Target profile whose runtime measures --target-latency."""
+    step_ratio: float = 0.15
+    """With --target-macs: channel ratio removed per step (of what is left)."""
+    importance: str = "magnitude"
+    """Channel importance: magnitude (L2 of weights), taylor (weight x gradient on training images) or lamp."""
+    global_pruning: bool = False
+    """Rank channels across layers (uneven ratios) instead of the same ratio in every layer."""
+    round_to: int | None = 16
+    """Round channel counts to a multiple of this (INT8 kernels want multiples of 16; 1: no rounding)."""
+    keep: tuple[str, ...] = ()
+    """Module names kept whole, besides the classifier (e.g. conv_stem)."""
+    epochs: int = 20
+    """Recovery fine-tuning epochs after the last pruning step."""
+    step_epochs: int = 2
+    """Recovery epochs between pruning steps (iterative mode)."""
+    lr: float = 0.002
+    """Recovery learning rate (AdamW, warm-up + cosine)."""
+    temperature: float = 4.0
+    """Distillation temperature."""
+    alpha: float = 0.7
+    """Weight of the distillation loss (1 - alpha: cross-entropy on the labels)."""
+    patience: int | None = 6
+    """Stop recovery after this many epochs without a better val top-1 (0: never)."""
+    batch_size: int | None = None
+    """Recovery batch size (default: the parent run's)."""
+    sparsity_2_4: bool = False
+    """Also make weights 2:4 semi-structured sparse (TensorRT sparse kernels on Ampere/Orin), kept during recovery."""
+    output: str | None = None
+    """The new run folder (default: PARENT-pruned beside the parent)."""
+    seed: int = 0
+    """Seed for recovery training."""
+    workers: int = 2
+    """Data-loading worker processes for recovery."""
+
+    def __post_init__(self) -> None:
+        goals = [g for g in (self.target_macs, self.target_latency) if g is not None]
+        if self.ratio is None and not goals:
+            self.ratio = 0.4
+        if (self.ratio is not None) + len(goals) > 1:
+            raise ConfigError("give one of --ratio, --target-macs and --target-latency")
+        if self.target_latency is not None:
+            parse_ms(self.target_latency)
+        if self.ratio is not None and not 0 < self.ratio < 1:
+            raise ConfigError(f"--ratio is the fraction of channels to remove, in (0, 1) exclusive; got {self.ratio}")
+        if not 0 < self.step_ratio < 1:
+            raise ConfigError(f"--step-ratio must be in (0, 1), got {self.step_ratio}")
+        if self.target_macs is not None:
+            parse_macs(self.target_macs)
+        if self.importance not in IMPORTANCES:
+            raise ConfigError(f"--importance must be one of {', '.join(IMPORTANCES)}, not {self.importance!r}")
+        if self.epochs < 0 or self.step_epochs < 0:
+            raise ConfigError("--epochs and --step-epochs cannot be negative")
+        if self.temperature <= 0 or not 0 <= self.alpha <= 1:
+            raise ConfigError(f"--temperature must be > 0 and --alpha in [0, 1], got {self.temperature}, {self.alpha}")
+        if self.round_to is not None and self.round_to < 1:
+            raise ConfigError(f"--round-to must be at least 1, got {self.round_to}")
+        self.keep = tuple(self.keep or ())
+
+
+def parse_macs(text: str) -> float:
+    """``0.2G`` / ``150M`` / ``2e8`` -> MACs."""
+    match = re.fullmatch(r"\s*([0-9.eE+-]+)\s*([KMG]?)\s*(MACs?)?\s*", str(text), flags=re.IGNORECASE)
+    try:
+        value = float(match.group(1)) * {"": 1, "K": 1e3, "M": 1e6, "G": 1e9}[match.group(2).upper()]
+    except (AttributeError, ValueError):
+        raise ConfigError(f"--target-macs takes a number of MACs such as 0.2G or 150M, not {text!r}") from None
+    if value <= 0:
+        raise ConfigError(f"--target-macs must be positive, got {text!r}")
+    return value
+
+
+def parse_ms(text: str) -> float:
+    """``0.6ms`` / ``0.6`` -> milliseconds."""
+    match = re.fullmatch(r"\s*([0-9.eE+-]+)\s*(ms)?\s*", str(text), flags=re.IGNORECASE)
+    try:
+        value = float(match.group(1))
+    except (AttributeError, ValueError):
+        raise ConfigError(f"--target-latency takes milliseconds such as 0.6ms, not {text!r}") from None
+    if value <= 0:
+        raise ConfigError(f"--target-latency must be positive, got {text!r}")
+    return value
+
+
+@dataclass
+class PruneResult:
+    run_dir: Path
+    parent: Path
+    metrics: dict[str, Any] = field(default_factory=dict)
+
+
+def prune(run_dir: str | Path, config: PruneConfig | None = None, *, overwrite: bool = False,
+          progress: bool = True) -> PruneResult:
+    """Prune ``run_dir``'s float model and recover it into a new child run (see the module docstring)."""
+    import torch
+
+    from .finetune import _set_threads
+    from .run.lock import StageLock
+    from .run.newrun import RunStaging, check_output
+
+    config = config or PruneConfig()
+    parent = Path(run_dir)
+    job = _Job.load(parent, config)
+    output = Path(config.output) if config.output else parent.resolve().parent / f"{parent.resolve().name}-pruned"
+    child_dir = check_output(output, [Path(job.recovery.data)], overwrite=overwrite)
+    if child_dir == parent.resolve():
+        raise ConfigError("--output is the parent run: a pruned model is written to a new run")
+    _set_threads(job.recovery.threads)
+    torch.manual_seed(config.seed)
+    staging = RunStaging(child_dir)
+    try:
+        with StageLock(staging.path, "finetune"):
+            return job.run(staging, progress)
+    finally:
+        staging.discard()  # nothing is left behind when pruning or the first recovery epoch fails
+
+
+def _check_parent(run_dir: Path) -> Any:
+    from .run.integrity import require_current
+    from .run.manifest import Manifest, is_run_folder
+    from .run.stage import verify_inputs
+
+    if not is_run_folder(run_dir):
+        raise RunFolderError(f"{run_dir} is not an edgetl run folder (no edgetl.json): prune a fine-tuned run")
+    manifest = Manifest.load(run_dir)
+    if not manifest.completed("finetune") or not (run_dir / "checkpoint.pt").is_file():
+        raise RunFolderError(f"{run_dir} has no finished fine-tuning checkpoint to prune: run `edgetl finetune` first")
+    require_current(manifest, "finetune")
+    return manifest, verify_inputs(manifest, ["checkpoint.pt"])
+
+
+@dataclass
+class _Job:
+    """One pruning job: the parent's model (teacher) and data, the student being pruned, the report."""
+
+    parent: Any
+    """The parent's :class:`~edgetl.run.manifest.Manifest`."""
+    inputs: dict[str, str]
+    config: PruneConfig
+    recovery: Any
+    """The :class:`~edgetl.finetune.FinetuneConfig` recovery trains with (the parent's, full strategy)."""
+    teacher: Any
+    student: Any
+    splits: Any
+    example: Any
+    report: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def load(cls, parent_dir: Path, config: PruneConfig) -> _Job:
+        import copy
+
+        import torch
+
+        from .finetune import FinetuneConfig, _resumed_splits
+        from .models import load_run_model
+
+        manifest, inputs = _check_parent(parent_dir)
+        teacher, _ = load_run_model(parent_dir)
+        recorded = FinetuneConfig.from_dict(manifest.stage("finetune")["options"])
+        recovery = FinetuneConfig.from_dict({
+            **recorded.to_dict(), "strategy": "full", "epochs": config.epochs, "lr": config.lr, "warmup_epochs": 1,
+            "patience": config.patience or None, "seed": config.seed, "workers": config.workers, "freeze_bn": False,
+            "batch_size": config.batch_size or recorded.batch_size, "probe_epochs": 0, "cache_features": False})
+        splits = _resumed_splits(manifest, recovery)
+        size = manifest.preprocessing.get("input_size") or manifest.model.get("input_size")
+        example = torch.zeros(1, 3, *(size if isinstance(size, (list, tuple)) else (size, size)))
+        return cls(manifest, inputs, config, recovery, teacher, copy.deepcopy(teacher), splits, example)
+
+    # -- the job ------------------------------------------------------------------------------
+    def run(self, staging: Any, progress: bool) -> PruneResult:
+        from .compress.prune import architecture_record, count_macs
+        from .models import ModelBundle
+        from .preprocessing import PreprocessSpec
+        from .run import create_child
+        from .train.losses import DistillationLoss
+        from .train.trainer import Trainer
+
+        cfg, heads = self.config, list(self.parent.model["head"])
+        before, parent_top1 = count_macs(self.student, self.example), self._top1(self.teacher)
+        steps = self._prune_steps(heads, before)
+        after, pruned_top1 = count_macs(self.student, self.example), self._top1(self.student)
+        log.info("pruned: %.1f%% fewer MACs, val top-1 %.2f%% -> %.2f%% before recovery",
+                 100 * (1 - _macs(after) / _macs(before)), 100 * parent_top1, 100 * pruned_top1)
+        sparsity = self._sparsify(heads) if cfg.sparsity_2_4 else None
+        record = {**self.parent.model, "parameters": after["params"],
+                  "pruned": {"parent": str(self.parent.run_dir.resolve()), "macs": _macs(after)}}
+        child = create_child(self.parent.run_dir, staging.path, stage=STAGE, model=record)
+        child.begin(STAGE, {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(cfg).items()}, self.inputs)
+        child.save()
+        bundle = ModelBundle(model=self.student, name=self.parent.model["name"],
+                             preprocess=PreprocessSpec.from_dict(self.parent.preprocessing), head=heads,
+                             pretrained=f"pruned:{self.parent.run_dir.name}", num_classes=len(self.parent.classes),
+                             architecture=architecture_record(self.student))
+        loss = DistillationLoss(self.teacher, cfg.temperature, cfg.alpha, self.recovery.label_smoothing)
+        trainer = Trainer(self.recovery, bundle, self.splits, child, progress=progress, staging=staging, loss=loss)
+        try:
+            result = trainer.run(fresh=True)
+        except BaseException as exc:
+            if staging.promoted:
+                from .run.stage import failure_reason
+
+                child.fail(STAGE, failure_reason(exc))
+            raise
+        self.report = _report(before, after, parent_top1, pruned_top1, result.metrics["top1"], steps, sparsity,
+                              trainer.run_dir / "checkpoint.pt", self.parent.run_dir / "checkpoint.pt")
+        child.finish(STAGE, self.report)
+        return PruneResult(trainer.run_dir, self.parent.run_dir, self.report)
+
+    def _prune_steps(self, heads: list[str], before: dict[str, Any]) -> list[dict[str, Any]]:
+        """One step at ``ratio``, or steps of ``step_ratio`` with short recoveries until ``target_macs``."""
+        from .compress.prune import PruneSettings, StructuredPruner, count_macs
+
+        cfg = self.config
+        settings = PruneSettings(ratio=cfg.ratio or cfg.step_ratio, importance=cfg.importance,
+                                 global_pruning=cfg.global_pruning, round_to=cfg.round_to, ignored=cfg.keep)
+        loss_fn = self._taylor_loss() if cfg.importance == "taylor" else None
+        if cfg.ratio is not None:
+            StructuredPruner(self.student, self.example, settings, heads).step(loss_fn)
+            return [{"step": 1, "ratio": cfg.ratio, "macs": _macs(count_macs(self.student, self.example))}]
+        latency = self._latency if cfg.target_latency else None
+        goal = parse_ms(cfg.target_latency) if latency else parse_macs(cfg.target_macs)
+        steps, macs = [], _macs(before)
+        value = latency() if latency else macs
+        while value > goal:
+            StructuredPruner(self.student, self.example, settings, heads).step(loss_fn)
+            now = _macs(count_macs(self.student, self.example))
+            if now >= macs * 0.995:  # nothing left to remove without taking out whole layers
+                reached = f"{value:.3f} ms on {cfg.target}" if latency else f"{now / 1e9:.3f}G MACs"
+                asked = f"--target-latency {cfg.target_latency}" if latency else f"--target-macs {cfg.target_macs}"
+                raise ConfigError(f"{asked} cannot be reached without removing whole layers: the closest reachable "
+                                  f"is {reached}; ask for that or more")
+            macs = now
+            self._recover(cfg.step_epochs)
+            value = latency() if latency else macs
+            steps.append({"step": len(steps) + 1, "macs": macs, "val_top1": self._top1(self.student),
+                          **({"latency_ms": value} if latency else {})})
+            log.info("step %d: %.3fG MACs%s, val top-1 %.2f%%", len(steps), macs / 1e9,
+                     f", {value:.3f} ms on {cfg.target}" if latency else "", 100 * steps[-1]["val_top1"])
+        return steps
+
+    def _latency(self) -> float:
+        """Batch-1 p50 of the student built for ``config.target`` by its own toolchain (default precision;
+        INT8 calibrated on 32 training images: enough for a latency figure, not for the accuracy one)."""
+        import tempfile
+
+        from .build import _latency_p50
+        from .data import EvalImages
+        from .export import ExportConfig, torch_to_onnx
+        from .preprocessing import PreprocessSpec
+        from .profiles import load_target
+        from .toolchains import get_toolchain
+
+        profile = load_target(self.config.target)
+        precision, toolchain = profile.default_precision, get_toolchain(profile.toolchain)
+        spec = PreprocessSpec.from_dict(self.parent.preprocessing)
+        with tempfile.TemporaryDirectory(prefix="edgetl-prune-") as tmp:
+            path = Path(tmp) / "model.onnx"
+            torch_to_onnx(self.student.eval(), path, spec.input_size, ExportConfig())
+            model = toolchain.convert(path)
+            if precision == "int8":
+                from .compress.quantize import get_backend
+
+                backend = get_backend(toolchain.quantizer)
+                model = backend.quantize(model, self.splits.train[:32], spec,
+                                         backend.settings(profile.quantization, f"{profile.name}.yaml"))
+            runner = toolchain.runner(model, toolchain.device(profile), toolchain.runner_options(profile, precision))
+            try:
+                return _latency_p50(runner, EvalImages(self.splits.val[:1], spec)[:1], 50) or 0.0
+            finally:
+                runner.close()
+
+    def _sparsify(self, heads: list[str]) -> dict[str, Any]:
+        from .compress.prune import apply_semi_structured_2_4, keep_masks, sparsity_2_4_fraction
+
+        masks = apply_semi_structured_2_4(self.student, heads)
+        self._mask_handle = keep_masks(self.student, masks)
+        return {"layers": len(masks), "fraction_2_4": sparsity_2_4_fraction(self.student, ignored=heads)}
+
+    # -- data ---------------------------------------------------------------------------------
+    def _loader(self, train: bool) -> Any:
+        from .data import make_loader
+        from .preprocessing import PreprocessSpec
+
+        spec = PreprocessSpec.from_dict(self.parent.preprocessing)
+        samples = self.splits.train if train else self.splits.val
+        transform = spec.train_transform(self.recovery.augment) if train else spec.eval_transform()
+        return make_loader(samples, transform, self.recovery.batch_size, shuffle=train, workers=0,
+                           seed=self.config.seed)
+
+    def _top1(self, model: Any) -> float:
+        import torch
+
+        model.eval()
+        correct = seen = 0
+        with torch.inference_mode():
+            for images, targets in self._loader(train=False):
+                correct += int((model(images).argmax(1) == targets).sum())
+                seen += len(targets)
+        return correct / max(seen, 1)
+
+    def _taylor_loss(self) -> Any:
+        import torch.nn.functional as F
+
+        images, targets = next(iter(self._loader(train=True)))
+        return lambda model: F.cross_entropy(model(images), targets)
+
+    def _recover(self, epochs: int) -> None:
+        """Short in-memory distillation between pruning steps (no checkpoints; the final recovery writes them)."""
+        import torch
+
+        from .train.losses import DistillationLoss
+
+        if not epochs:
+            return
+        loss = DistillationLoss(self.teacher, self.config.temperature, self.config.alpha)
+        optimizer = torch.optim.AdamW(self.student.parameters(), lr=self.config.lr)
+        self.student.train()
+        for _ in range(epochs):
+            for images, targets in self._loader(train=True):
+                _, value = loss(self.student(images), targets, inputs=images)
+                optimizer.zero_grad(set_to_none=True)
+                value.backward()
+                optimizer.step()
+
+
+def resume_recovery(manifest: Any, bundle: Any, config: Any) -> Any:
+    """For ``edgetl finetune --resume`` of a pruned run: reshape ``bundle`` to the pruned architecture (from its
+    checkpoint.pt) and return the distillation loss from the parent model."""
+    import torch
+
+    from .compress.prune import apply_architecture
+    from .models import load_run_model
+    from .train.losses import DistillationLoss
+
+    checkpoint = manifest.run_dir / "checkpoint.pt"
+    if not checkpoint.is_file():
+        raise RunFolderError(f"{manifest.run_dir} has no checkpoint.pt: prune its parent again instead")
+    architecture = torch.load(checkpoint, map_location="cpu", weights_only=True).get("architecture")
+    apply_architecture(bundle.model, architecture)
+    bundle.architecture = architecture
+    parent = Path((manifest.parent or {}).get("run", ""))
+    if not (parent / "checkpoint.pt").is_file():
+        raise RunFolderError(f"the parent run {parent} of {manifest.run_dir} is gone: recovery distils from it")
+    options = manifest.stage(STAGE)["options"]
+    teacher, _ = load_run_model(parent)
+    return DistillationLoss(teacher, options["temperature"], options["alpha"], config.label_smoothing)
+
+
+def update_report(manifest: Any, result: Any) -> None:
+    """After a resumed recovery: the prune report's recovered top-1."""
+    report = dict(manifest.stage(STAGE).get("metrics") or {})
+    top1 = result.metrics["top1"]
+    report.update(top1_recovered=top1, drop_points_vs_parent=round(100 * (report.get("top1_parent", top1) - top1), 4))
+    manifest.finish(STAGE, report)
+
+
+def _macs(counted: dict[str, Any]) -> float:
+    """The standard MAC count (conv and matmul multiply-accumulates, torch's FlopCounterMode / 2); Torch-Pruning's
+    own counter is reported beside it (it skips some conv subclasses and adds BatchNorm and activations)."""
+    return counted.get("macs_flop_counter") or counted["macs"]
+
+
+def _report(before: dict[str, Any], after: dict[str, Any], parent_top1: float, pruned_top1: float,
+            recovered_top1: float, steps: list[dict[str, Any]], sparsity: dict[str, Any] | None,
+            checkpoint: Path, parent_checkpoint: Path) -> dict[str, Any]:
+    """What pruning did: parameters, MACs (both counters), file size, top-1 before / after / recovered."""
+    return {
+        "params_before": before["params"], "params_after": after["params"],
+        "macs_before": _macs(before), "macs_after": _macs(after),
+        "macs_reduction": round(1 - _macs(after) / _macs(before), 4),
+        "macs_torch_pruning_before": before["macs"], "macs_torch_pruning_after": after["macs"],
+        "macs_counters_agree": bool(before.get("agree") and after.get("agree")),
+        "macs_counters_note": after.get("reason") or before.get("reason"),
+        "checkpoint_bytes_before": parent_checkpoint.stat().st_size, "checkpoint_bytes_after": checkpoint.stat().st_size,
+        "top1_parent": parent_top1, "top1_pruned": pruned_top1, "top1_recovered": recovered_top1,
+        "drop_points_vs_parent": round(100 * (parent_top1 - recovered_top1), 4), "steps": steps,
+        **({"sparsity_2_4": sparsity} if sparsity else {})}

@@ -1,0 +1,124 @@
+"""`edgetl prune`: a child run with its parent's lineage and split, a pruned checkpoint that loads with
+weights_only=True everywhere, export and target builds unchanged, distillation recovery that resumes, and
+one-line errors for bad requests."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from edgetl.cli import cli
+from edgetl.errors import ConfigError, RunFolderError
+from edgetl.prune import PruneConfig, parse_macs, prune
+
+
+def _manifest(run: Path) -> dict:
+    return json.loads((run / "edgetl.json").read_text())
+
+
+@pytest.fixture(scope="module")
+def parent(learned_base, tmp_path_factory) -> Path:
+    run = tmp_path_factory.mktemp("prune") / "parent"
+    shutil.copytree(learned_base, run)
+    return run
+
+
+@pytest.fixture(scope="module")
+def child(parent) -> Path:
+    result = prune(parent, PruneConfig(ratio=0.4, epochs=2, patience=None, workers=0, round_to=8), progress=False)
+    return result.run_dir
+
+
+def test_child_run_records_its_parent_and_the_report(parent, child):
+    data = _manifest(child)
+    assert child == parent.parent / "parent-pruned"
+    assert data["parent"]["run"] == str(parent.resolve()) and data["parent"]["stage"] == "prune"
+    assert (child / "split.json").read_bytes() == (parent / "split.json").read_bytes()
+    report = data["stages"]["prune"]["metrics"]
+    assert data["stages"]["prune"]["status"] == "complete" and data["stages"]["finetune"]["status"] == "complete"
+    assert report["macs_after"] < 0.8 * report["macs_before"] and report["params_after"] < report["params_before"]
+    assert 0 <= report["top1_pruned"] <= 1 and report["top1_recovered"] == data["stages"]["finetune"]["metrics"]["top1"]
+    assert report["checkpoint_bytes_after"] < report["checkpoint_bytes_before"]
+    assert report["macs_torch_pruning_after"] and report["macs_counters_agree"] in (True, False)
+
+
+def test_pruned_checkpoint_loads_with_weights_only(child):
+    import torch
+
+    from edgetl.models import load_checkpoint, load_run_model
+
+    raw = torch.load(child / "checkpoint.pt", map_location="cpu", weights_only=True)
+    assert raw["architecture"] and json.dumps(raw["architecture"])
+    model, _ = load_checkpoint(child / "checkpoint.pt")
+    parent_model, _ = load_run_model(Path(_manifest(child)["parent"]["run"]))
+    assert sum(p.numel() for p in model.parameters()) < sum(p.numel() for p in parent_model.parameters())
+    x = torch.zeros(2, 3, 32, 32)
+    assert model(x).shape == parent_model(x).shape == (2, 3)
+
+
+def test_export_and_target_build_of_the_pruned_run(child):
+    from edgetl.build import TargetBuildConfig, build_target
+    from edgetl.export import ExportConfig, export_onnx
+
+    result = export_onnx(child, ExportConfig())
+    assert result.metrics["top1_agreement"] == 1.0 and result.metrics["max_abs_diff"] < 1e-3
+    built = build_target(child, TargetBuildConfig(target="jetson", precision="fp16", latency_runs=0))
+    assert built.metrics["fp16_check"]["top1_agreement_vs_float"] >= 0.9
+
+
+def test_bench_parent_and_child_in_one_report(parent, child, tmp_path):
+    from edgetl.bench import BenchConfig, benchmark
+
+    config = BenchConfig(batch_sizes=(1,), warmup=1, iterations=3, rounds=1, min_iterations=2, runtimes=("torch",),
+                         output=str(tmp_path / "b"))
+    report = benchmark([parent, child], config, progress=False)
+    keys = [r["key"] for r in report.data["results"]]
+    assert len(keys) == 2 and any("pruned" in k for k in keys)
+
+
+def test_resume_of_a_pruned_run_distils_again(child, tmp_path):
+    from edgetl.finetune import resume
+
+    run = tmp_path / "again"
+    shutil.copytree(child, run)
+    result = resume(run, epochs=3, progress=False)
+    assert result.metrics["epochs_run"] == 3
+    assert _manifest(run)["stages"]["prune"]["metrics"]["top1_recovered"] == result.metrics["top1"]
+
+
+def test_pruning_a_pruned_run_keeps_both_parents(child):
+    grandchild = prune(child, PruneConfig(ratio=0.2, epochs=1, patience=None, workers=0, round_to=8),
+                       progress=False).run_dir
+    lineage = _manifest(grandchild)["parent"]
+    assert lineage["run"] == str(child.resolve()) and lineage["parent"]["run"] == _manifest(child)["parent"]["run"]
+
+
+def test_bad_requests(parent, tmp_path):
+    for bad in ({"ratio": 0.0}, {"ratio": 1.0}, {"ratio": 1.5}, {"ratio": 0.3, "target_macs": "1G"},
+                {"target_macs": "lots"}, {"importance": "random"}, {"alpha": 2.0}):
+        with pytest.raises(ConfigError):
+            PruneConfig(**bad)
+    assert parse_macs("0.2G") == 2e8 and parse_macs("150M") == 1.5e8
+    with pytest.raises(RunFolderError, match="not an edgetl run folder"):
+        prune(tmp_path, PruneConfig(ratio=0.3))
+    empty = tmp_path / "nockpt"
+    shutil.copytree(parent, empty)
+    (empty / "checkpoint.pt").unlink()
+    with pytest.raises(RunFolderError, match="checkpoint"):
+        prune(empty, PruneConfig(ratio=0.3))
+
+
+def test_unreachable_mac_target_names_the_closest(parent, tmp_path):
+    with pytest.raises(ConfigError, match="closest reachable is"):
+        prune(parent, PruneConfig(target_macs="1K", step_ratio=0.5, step_epochs=0, epochs=1, workers=0,
+                                  output=str(tmp_path / "tiny")), progress=False)
+    assert not (tmp_path / "tiny").exists()  # nothing half-written
+
+
+def test_cli_prune_bad_ratio_is_one_line(parent):
+    result = CliRunner().invoke(cli, ["prune", str(parent), "--ratio", "1.5"])
+    assert result.exit_code != 0 and "Traceback" not in result.output and "1.5" in result.output
