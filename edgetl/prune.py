@@ -48,7 +48,7 @@ class PruneConfig:
     """Recovery fine-tuning epochs after the last pruning step."""
     step_epochs: int = 2
     """Recovery epochs between pruning steps (iterative mode)."""
-    lr: float = 0.002
+    lr: float = 0.001
     """Recovery learning rate (AdamW, warm-up + cosine)."""
     temperature: float = 4.0
     """Distillation temperature."""
@@ -192,7 +192,7 @@ class _Job:
         teacher, _ = load_run_model(parent_dir)
         recorded = FinetuneConfig.from_dict(manifest.stage("finetune")["options"])
         recovery = FinetuneConfig.from_dict({
-            **recorded.to_dict(), "strategy": "full", "epochs": config.epochs, "lr": config.lr, "warmup_epochs": 1,
+            **recorded.to_dict(), "strategy": "full", "epochs": config.epochs, "lr": config.lr, "warmup_epochs": 1, "backbone_lr_scale": 1.0,
             "patience": config.patience or None, "seed": config.seed, "workers": config.workers, "freeze_bn": False,
             "batch_size": config.batch_size or recorded.batch_size, "probe_epochs": 0, "cache_features": False})
         splits = _resumed_splits(manifest, recovery)
@@ -212,6 +212,7 @@ class _Job:
         cfg, heads = self.config, list(self.parent.model["head"])
         before, parent_top1 = count_macs(self.student, self.example), self._top1(self.teacher)
         steps = self._prune_steps(heads, before)
+        self._recalibrate_bn()
         after, pruned_top1 = count_macs(self.student, self.example), self._top1(self.student)
         log.info("pruned: %.1f%% fewer MACs, val top-1 %.2f%% -> %.2f%% before recovery",
                  100 * (1 - _macs(after) / _macs(before)), 100 * parent_top1, 100 * pruned_top1)
@@ -264,6 +265,7 @@ class _Job:
                 raise ConfigError(f"{asked} cannot be reached without removing whole layers: the closest reachable "
                                   f"is {reached}; ask for that or more")
             macs = now
+            self._recalibrate_bn()
             self._recover(cfg.step_epochs)
             value = latency() if latency else macs
             steps.append({"step": len(steps) + 1, "macs": macs, "val_top1": self._top1(self.student),
@@ -311,12 +313,12 @@ class _Job:
         return {"layers": len(masks), "fraction_2_4": sparsity_2_4_fraction(self.student, ignored=heads)}
 
     # -- data ---------------------------------------------------------------------------------
-    def _loader(self, train: bool) -> Any:
+    def _loader(self, train: bool, samples: list | None = None) -> Any:
         from .data import make_loader
         from .preprocessing import PreprocessSpec
 
         spec = PreprocessSpec.from_dict(self.parent.preprocessing)
-        samples = self.splits.train if train else self.splits.val
+        samples = samples if samples is not None else (self.splits.train if train else self.splits.val)
         transform = spec.train_transform(self.recovery.augment) if train else spec.eval_transform()
         return make_loader(samples, transform, self.recovery.batch_size, shuffle=train, workers=0,
                            seed=self.config.seed)
@@ -331,6 +333,28 @@ class _Job:
                 correct += int((model(images).argmax(1) == targets).sum())
                 seen += len(targets)
         return correct / max(seen, 1)
+
+    def _recalibrate_bn(self) -> None:
+        """Re-estimate BatchNorm statistics on the training images (eval transform): removing input channels
+        shifts every later layer's activations, and stale running statistics cost more accuracy than the
+        pruning itself (one forward pass, no gradients)."""
+        import torch
+        import torch.nn as nn
+
+        norms = [m for m in self.student.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+        if not norms:
+            return
+        saved = [(m, m.momentum) for m in norms]
+        for m in norms:
+            m.reset_running_stats()
+            m.momentum = None  # a cumulative average over the whole pass
+        self.student.train()
+        with torch.no_grad():
+            for images, _ in self._loader(train=False, samples=self.splits.train):
+                self.student(images)
+        for m, momentum in saved:
+            m.momentum = momentum
+        self.student.eval()
 
     def _taylor_loss(self) -> Any:
         import torch.nn.functional as F
