@@ -43,7 +43,8 @@ class PruneConfig:
     round_to: int | None = 16
     """Round channel counts to a multiple of this (INT8 kernels want multiples of 16; 1: no rounding)."""
     keep: tuple[str, ...] = ()
-    """Module names kept whole, besides the classifier (e.g. conv_stem)."""
+    """Modules kept whole besides the classifier: names or patterns (``conv_stem``, ``blocks.*.*.conv_pwl``
+    keeps an inverted-residual network's residual width and prunes only its expanded channels)."""
     epochs: int = 20
     """Recovery fine-tuning epochs after the last pruning step."""
     step_epochs: int = 2
@@ -247,7 +248,8 @@ class _Job:
 
         cfg = self.config
         settings = PruneSettings(ratio=cfg.ratio or cfg.step_ratio, importance=cfg.importance,
-                                 global_pruning=cfg.global_pruning, round_to=cfg.round_to, ignored=cfg.keep)
+                                 global_pruning=cfg.global_pruning, round_to=cfg.round_to,
+                                 ignored=kept_modules(self.student, cfg.keep))
         loss_fn = self._taylor_loss() if cfg.importance == "taylor" else None
         if cfg.ratio is not None:
             StructuredPruner(self.student, self.example, settings, heads).step(loss_fn)
@@ -379,6 +381,23 @@ class _Job:
                 optimizer.zero_grad(set_to_none=True)
                 value.backward()
                 optimizer.step()
+
+
+def kept_modules(model: Any, patterns: tuple[str, ...]) -> tuple[str, ...]:
+    """Module names matching ``patterns`` (exact names or fnmatch patterns); a pattern that matches nothing is a
+    ConfigError naming close module names."""
+    import fnmatch
+
+    from .errors import did_you_mean
+
+    names = [n for n, m in model.named_modules() if n and any(True for _ in m.parameters(recurse=False))]
+    kept: list[str] = []
+    for pattern in patterns:
+        found = [n for n in names if n == pattern or fnmatch.fnmatchcase(n, pattern)]
+        if not found:
+            raise ConfigError(f"--keep {pattern!r} matches no module with weights.{did_you_mean(pattern, names)}")
+        kept += [n for n in found if n not in kept]
+    return tuple(kept)
 
 
 def resume_recovery(manifest: Any, bundle: Any, config: Any) -> Any:

@@ -67,7 +67,8 @@ def test_export_and_target_build_of_the_pruned_run(child):
     result = export_onnx(child, ExportConfig())
     assert result.metrics["top1_agreement"] == 1.0 and result.metrics["max_abs_diff"] < 1e-3
     built = build_target(child, TargetBuildConfig(target="jetson", precision="fp16", latency_runs=0))
-    assert built.metrics["fp16_check"]["top1_agreement_vs_float"] >= 0.9
+    check = built.metrics["fp16_check"]  # top-1 agreement is meaningless on near-tied logits; the logits are not
+    assert check["runs_under_onnxruntime"] and check["max_abs_logit_diff_vs_float"] < 0.05, check
 
 
 def test_bench_parent_and_child_in_one_report(parent, child, tmp_path):
@@ -122,3 +123,14 @@ def test_unreachable_mac_target_names_the_closest(parent, tmp_path):
 def test_cli_prune_bad_ratio_is_one_line(parent):
     result = CliRunner().invoke(cli, ["prune", str(parent), "--ratio", "1.5"])
     assert result.exit_code != 0 and "Traceback" not in result.output and "1.5" in result.output
+
+
+def test_keep_patterns_expand_to_module_names(parent):
+    from edgetl.models import load_run_model
+    from edgetl.prune import kept_modules
+
+    model, _ = load_run_model(parent)
+    kept = kept_modules(model, ("blocks.*.*.conv_pwl", "conv_stem"))
+    assert "conv_stem" in kept and len(kept) > 5 and all(k == "conv_stem" or k.endswith("conv_pwl") for k in kept)
+    with pytest.raises(ConfigError, match="matches no module"):
+        kept_modules(model, ("blocks.*.conv_nothing",))
