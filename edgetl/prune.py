@@ -259,6 +259,8 @@ class _Job:
         steps, macs = [], _macs(before)
         value = latency() if latency else macs
         while value > goal:
+            log.info("step %d: removing %.0f%% of the remaining channels (now %.3fG MACs%s)", len(steps) + 1,
+                     100 * cfg.step_ratio, macs / 1e9, f", {value:.3f} ms" if latency else "")
             StructuredPruner(self.student, self.example, settings, heads).step(loss_fn)
             now = _macs(count_macs(self.student, self.example))
             if now >= macs * 0.995:  # nothing left to remove without taking out whole layers
@@ -375,12 +377,15 @@ class _Job:
         loss = DistillationLoss(self.teacher, self.config.temperature, self.config.alpha)
         optimizer = torch.optim.AdamW(self.student.parameters(), lr=self.config.lr)
         self.student.train()
-        for _ in range(epochs):
+        for epoch in range(epochs):
+            total = seen = 0
             for images, targets in self._loader(train=True):
                 _, value = loss(self.student(images), targets, inputs=images)
                 optimizer.zero_grad(set_to_none=True)
                 value.backward()
                 optimizer.step()
+                total, seen = total + value.item() * len(targets), seen + len(targets)
+            log.info("  recovery epoch %d/%d: distillation loss %.3f", epoch + 1, epochs, total / max(seen, 1))
 
 
 def kept_modules(model: Any, patterns: tuple[str, ...]) -> tuple[str, ...]:
