@@ -101,9 +101,13 @@ def check_build_config(config: TargetBuildConfig) -> tuple[TargetProfile, str, T
     if precision == "int8":
         from .compress.quantize import get_backend
 
-        chosen = {"calibration": config.calibration} if config.calibration else {}
-        get_backend(toolchain.quantizer).settings({**profile.quantization, **chosen}, f"{profile.name}.yaml")
+        get_backend(toolchain.quantizer).settings(quantization_block(profile, config), f"{profile.name}.yaml")
     return profile, precision, toolchain
+
+
+def quantization_block(profile: TargetProfile, config: TargetBuildConfig) -> dict[str, Any]:
+    """The profile's quantization settings, with ``--calibration`` when given."""
+    return {**profile.quantization, **({"calibration": config.calibration} if config.calibration else {})}
 
 
 def build_target(run_dir: str | Path, config: TargetBuildConfig | None = None, *,
@@ -188,11 +192,6 @@ class _Build:
     def _runner(self, model_or_path: Any) -> Any:
         return self.toolchain.runner(model_or_path, self.toolchain.device(self.profile), self.runner_options)
 
-    def quantization_block(self) -> dict[str, Any]:
-        """The profile's quantization settings, with ``--calibration`` when given."""
-        chosen = {"calibration": self.config.calibration} if self.config.calibration else {}
-        return {**self.profile.quantization, **chosen}
-
     def quantize(self, float_model: Any, calib: list, spec: Any) -> tuple[Any, dict[str, Any]]:
         from .compress import quantize as q
 
@@ -201,7 +200,8 @@ class _Build:
         evaluate = q.Evaluator(runner=self._runner, top1=lambda r: runner_top1(r, self.images, labels),
                                latency_ms=lambda r: _latency_p50(r, self.images[:1], cfg.latency_runs or 20))
         outcome = q.quantize_within_budget(
-            backend, float_model, calib, spec, backend.settings(self.quantization_block(), f"{self.profile.name}.yaml"),
+            backend, float_model, calib, spec,
+            backend.settings(quantization_block(self.profile, cfg), f"{self.profile.name}.yaml"),
             evaluate, float_top1=self.float_top1, max_drop=cfg.max_drop, accuracy_control=cfg.accuracy_control,
             max_reverted_layers=cfg.max_reverted_layers, images=self.images, labels=labels,
             layer_precisions=self.toolchain.layer_precisions)

@@ -398,7 +398,7 @@ def prune(run, overwrite, values, given) -> None:
 
 def _compile_options(command):
     from .config import Opt, options_from
-    from .toolchains.tensorrt_engine import CompileConfig
+    from .toolchains.trt_settings import CompileConfig
 
     return options_from(CompileConfig, custom={
         "strongly_typed": Opt(decls=("--strongly-typed/--precision-flags",),
@@ -421,7 +421,8 @@ def compile_command(source, values, given) -> None:
     and C++), its fingerprint model.engine.json, layers.json and the reusable timing.cache.
     """
     from .config import build
-    from .toolchains.tensorrt_engine import CompileConfig, compile_engine
+    from .toolchains.tensorrt_engine import compile_engine
+    from .toolchains.trt_settings import CompileConfig
 
     if source is None:
         source = _run_or_latest(None)

@@ -23,8 +23,9 @@ class SavedArtifact:
     """Extra fields of its manifest record (runtime, precision, format, device, runner_options)."""
 
 
-TENSORRT_OPTIONS = ("calibration", "dla_core", "max_batch", "hardware_compatibility", "version_compatible")
-"""Build options (:class:`edgetl.build.TargetBuildConfig` fields) only TensorRT targets take."""
+TOOLCHAIN_OPTIONS = ("calibration", "dla_core", "max_batch", "hardware_compatibility", "version_compatible")
+"""Build options (:class:`edgetl.build.TargetBuildConfig` fields) that only some toolchains take: each
+toolchain lists the ones it honours in ``build_options``."""
 
 
 class Toolchain(abc.ABC):
@@ -33,6 +34,10 @@ class Toolchain(abc.ABC):
     """The runtime (:mod:`edgetl.backends` registry name) that runs what this toolchain builds."""
     quantizer = ""
     """Quantizer backend name (:mod:`edgetl.compress.quantize.backend`) for int8."""
+    title = ""
+    """The target family in messages (``OpenVINO``, ``TensorRT``)."""
+    build_options: tuple[str, ...] = ()
+    """The toolchain-specific build options (:data:`TOOLCHAIN_OPTIONS`) this toolchain honours."""
 
     @abc.abstractmethod
     def check(self, precision: str) -> None:
@@ -46,12 +51,15 @@ class Toolchain(abc.ABC):
         """Refuse build options this toolchain or device cannot honour, before any work."""
         from ..errors import ConfigError
 
-        given = [k for k in TENSORRT_OPTIONS if getattr(config, k) is not None and getattr(config, k) is not False]
-        tensorrt_only = [f"--{k.replace('_', '-')}" for k in given]
-        if tensorrt_only:
-            verb = "applies" if len(tensorrt_only) == 1 else "apply"
-            raise ConfigError(f"{', '.join(tensorrt_only)} {verb} only to TensorRT targets (see `edgetl targets`), "
-                              f"not to {profile.name}")
+        given = [k for k in TOOLCHAIN_OPTIONS if k not in self.build_options
+                 and getattr(config, k) is not None and getattr(config, k) is not False]
+        if given:
+            from . import TOOLCHAINS, get_toolchain
+
+            takers = [t.title for t in map(get_toolchain, TOOLCHAINS) if set(given) <= set(t.build_options)]
+            flags = [f"--{k.replace('_', '-')}" for k in given]
+            raise ConfigError(f"{', '.join(flags)} {'applies' if len(flags) == 1 else 'apply'} only to "
+                              f"{' / '.join(takers) or 'other'} targets (see `edgetl targets`), not to {profile.name}")
 
     def runner_options(self, profile: Any, precision: str) -> dict[str, Any]:
         """The runner settings an app should use for this artifact (recorded with it)."""

@@ -13,6 +13,7 @@ class OpenVINOToolchain(Toolchain):
     name = "openvino"
     runtime = "openvino"
     quantizer = "nncf-openvino"
+    title = "OpenVINO"
 
     def check(self, precision: str) -> None:
         from ..backends.openvino import import_openvino

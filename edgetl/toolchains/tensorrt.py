@@ -20,15 +20,16 @@ from typing import Any
 import numpy as np
 
 from .._io import sha256, write_json
+from ..compress.quantize.ort_qdq import ORT_CPU_DISABLED_OPTIMIZERS
 from ..errors import ConfigError, TargetError
-from .base import SavedArtifact, Toolchain
+from .base import TOOLCHAIN_OPTIONS, SavedArtifact, Toolchain
 from .trt_settings import EngineSettings, Hardware
 
 log = logging.getLogger(__name__)
 ONNX_FILES = {"int8": ("model.qdq.onnx", "model.qdq.fp16.onnx"), "fp16": ("model.fp16.onnx",), "fp32": ("model.onnx",)}
 """Per precision: the file TensorRT < 10.12 builds with precision flags, then the strongly typed one (if other)."""
-TWIN_OPTIONS = {"disabled_optimizers": ["WeightBiasQuantization"]}
-"""ONNX Runtime CPU options the FP16 Q/DQ twin needs (see ``ort_qdq.ORT_CPU_DISABLED_OPTIMIZERS``)."""
+TWIN_OPTIONS = {"disabled_optimizers": list(ORT_CPU_DISABLED_OPTIMIZERS)}
+"""ONNX Runtime CPU options the FP16 Q/DQ twin needs."""
 
 
 def engine_settings(profile: Any, config: Any) -> EngineSettings:
@@ -50,6 +51,8 @@ class TensorRTToolchain(Toolchain):
     runtime = "onnxruntime"
     """What measures the artifacts here; the engine itself runs under ``tensorrt`` on the device."""
     quantizer = "ort-qdq"
+    title = "TensorRT"
+    build_options = TOOLCHAIN_OPTIONS
 
     def device(self, profile: Any) -> str:
         return "cpu"
@@ -69,6 +72,7 @@ class TensorRTToolchain(Toolchain):
             get_backend(self.quantizer).check()
 
     def check_config(self, profile: Any, precision: str, config: Any) -> None:
+        super().check_config(profile, precision, config)
         hardware = Hardware.from_dict(profile.hardware, f"{profile.name}.yaml")
         hardware.check_dla(profile.name, config.dla_core)
         settings = engine_settings(profile, config)
@@ -170,6 +174,8 @@ def sparse_2_4_weights(model: Any, threshold: float = 0.9) -> dict[str, Any]:
     "sparse"}`` with ``sparse`` when at least ``threshold`` of the eligible layers do."""
     from onnx import numpy_helper
 
+    from ..compress.prune.sparsity import count_2_4_groups
+
     weights = {init.name: init for init in model.graph.initializer}
     eligible = sparse = 0
     for node in model.graph.node:
@@ -178,9 +184,9 @@ def sparse_2_4_weights(model: Any, threshold: float = 0.9) -> dict[str, Any]:
         w = numpy_helper.to_array(weights[node.input[1]])
         if w.ndim not in (2, 4) or w.shape[1] % 4 or w.shape[1] < 4:
             continue
-        groups = (np.moveaxis(w, 1, -1) if w.ndim == 4 else w).reshape(-1, 4)
+        ok, groups = count_2_4_groups(w)
         eligible += 1
-        sparse += bool(((groups != 0).sum(1) <= 2).all())
+        sparse += ok == groups
     return {"layers": eligible, "sparse_layers": sparse, "sparse": bool(eligible and sparse >= threshold * eligible)}
 
 

@@ -18,7 +18,7 @@ import shlex
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 from .._io import atomic_path, read_json, sha256, write_text
 from .._lazy import version_tuple
@@ -28,7 +28,7 @@ from ..errors import ConfigError, IntegrityError, MissingBackendError, RunFolder
 from ..profiles import PRECISIONS
 from ..run.manifest import COMPLETE, Manifest, is_run_folder
 from .tensorrt_fingerprint import ENGINE_NAME, layers_name, profile_batches
-from .trt_settings import HARDWARE_COMPATIBILITY, EngineSettings, Hardware
+from .trt_settings import OVERRIDES, CompileConfig, EngineSettings, Hardware  # noqa: F401  (CompileConfig: public here too)
 
 log = logging.getLogger(__name__)
 STRONGLY_TYPED_FROM = (10, 12)
@@ -124,56 +124,6 @@ def trtexec_notes(onnx: dict[str, str], settings: EngineSettings, precision: str
 
 
 # -- edgetl compile ----------------------------------------------------------------------------------
-@dataclass
-class CompileConfig:
-    """What ``edgetl compile`` builds: an export's ONNX into a TensorRT engine, on the device itself."""
-
-    precision: Literal["fp32", "fp16", "int8"] | None = None
-    """Export to build: fp32, fp16 or int8 (default: the only one, else int8)."""
-    target: str | None = None
-    """Target whose export to build (default: the one the run or build.json holds)."""
-    min_batch: int | None = None
-    """Smallest batch of the optimization profile (default: build.json's engine settings)."""
-    opt_batch: int | None = None
-    """Batch TensorRT tunes kernels for (default: build.json's)."""
-    max_batch: int | None = None
-    """Largest batch of the optimization profile (default: build.json's)."""
-    workspace_mib: int | None = None
-    """Builder workspace limit in MiB (default: build.json's)."""
-    optimization_level: int | None = None
-    """Builder optimization level 0-5 (default: build.json's)."""
-    dla_core: int | None = None
-    """Run on this DLA core with GPU fallback (default: build.json's; Jetson modules with DLA only)."""
-    no_dla: bool = False
-    """Build for the GPU even when build.json names a DLA core."""
-    hardware_compatibility: Literal["none", "ampere+", "same-compute-capability"] | None = None
-    """none, ampere+ or same-compute-capability (TensorRT >= 10.9; default: build.json's)."""
-    version_compatible: bool | None = None
-    """Engine loadable by newer TensorRT of the same major version (default: build.json's)."""
-    sparse_weights: bool | None = None
-    """Allow 2:4 structured-sparse kernels (default: build.json's)."""
-    strongly_typed: bool | None = None
-    """Build the strongly typed ONNX (default: when TensorRT >= 10.12; always on TensorRT 11)."""
-    output: str | None = None
-    """Engine file (default: model.engine in the artifact folder)."""
-    device: int = 0
-    """CUDA device to build on."""
-
-    def __post_init__(self) -> None:
-        if self.precision is not None and self.precision not in PRECISIONS:
-            raise ConfigError(f"precision must be one of {', '.join(PRECISIONS)}, not {self.precision!r}")
-        if self.hardware_compatibility is not None and self.hardware_compatibility not in HARDWARE_COMPATIBILITY:
-            raise ConfigError(f"hardware_compatibility must be one of {', '.join(HARDWARE_COMPATIBILITY)}, "
-                              f"not {self.hardware_compatibility!r}")
-        if self.no_dla and self.dla_core is not None:
-            raise ConfigError("--no-dla and --dla-core contradict each other: pass one")
-        if self.device < 0:
-            raise ConfigError(f"device must be a CUDA device index (0 or more), not {self.device}")
-
-
-OVERRIDES = ("min_batch", "opt_batch", "max_batch", "workspace_mib", "optimization_level", "dla_core",
-             "hardware_compatibility", "version_compatible", "sparse_weights")
-"""CompileConfig fields that override build.json's engine settings."""
 
 
 @dataclass

@@ -9,9 +9,10 @@ TensorRT >= 10.12 / 11 strongly typed) by :mod:`edgetl.toolchains.tensorrt_engin
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, fields
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 from ..errors import ConfigError, TargetError
+from ..profiles import PRECISIONS
 
 CALIBRATION_METHODS = ("minmax", "entropy", "percentile")
 """Activation range methods of ONNX Runtime's calibrators (the Q/DQ quantizer's ``calibration`` setting)."""
@@ -111,3 +112,56 @@ class Hardware:
             variants = ", ".join(f"{k}: {v}" for k, v in (self.dla_cores or {}).items())
             raise TargetError(f"target {target} has DLA cores 0..{self.max_dla_cores - 1} ({variants}); "
                               f"--dla-core {dla_core} does not exist")
+
+
+# -- edgetl compile (here, not in tensorrt_engine: the CLI builds its options at start-up) -----------
+@dataclass
+class CompileConfig:
+    """What ``edgetl compile`` builds: an export's ONNX into a TensorRT engine, on the device itself."""
+
+    precision: Literal["fp32", "fp16", "int8"] | None = None
+    """Export to build: fp32, fp16 or int8 (default: the only one, else int8)."""
+    target: str | None = None
+    """Target whose export to build (default: the one the run or build.json holds)."""
+    min_batch: int | None = None
+    """Smallest batch of the optimization profile (default: build.json's engine settings)."""
+    opt_batch: int | None = None
+    """Batch TensorRT tunes kernels for (default: build.json's)."""
+    max_batch: int | None = None
+    """Largest batch of the optimization profile (default: build.json's)."""
+    workspace_mib: int | None = None
+    """Builder workspace limit in MiB (default: build.json's)."""
+    optimization_level: int | None = None
+    """Builder optimization level 0-5 (default: build.json's)."""
+    dla_core: int | None = None
+    """Run on this DLA core with GPU fallback (default: build.json's; Jetson modules with DLA only)."""
+    no_dla: bool = False
+    """Build for the GPU even when build.json names a DLA core."""
+    hardware_compatibility: Literal["none", "ampere+", "same-compute-capability"] | None = None
+    """none, ampere+ or same-compute-capability (TensorRT >= 10.9; default: build.json's)."""
+    version_compatible: bool | None = None
+    """Engine loadable by newer TensorRT of the same major version (default: build.json's)."""
+    sparse_weights: bool | None = None
+    """Allow 2:4 structured-sparse kernels (default: build.json's)."""
+    strongly_typed: bool | None = None
+    """Build the strongly typed ONNX (default: when TensorRT >= 10.12; always on TensorRT 11)."""
+    output: str | None = None
+    """Engine file (default: model.engine in the artifact folder)."""
+    device: int = 0
+    """CUDA device to build on."""
+
+    def __post_init__(self) -> None:
+        if self.precision is not None and self.precision not in PRECISIONS:
+            raise ConfigError(f"precision must be one of {', '.join(PRECISIONS)}, not {self.precision!r}")
+        if self.hardware_compatibility is not None and self.hardware_compatibility not in HARDWARE_COMPATIBILITY:
+            raise ConfigError(f"hardware_compatibility must be one of {', '.join(HARDWARE_COMPATIBILITY)}, "
+                              f"not {self.hardware_compatibility!r}")
+        if self.no_dla and self.dla_core is not None:
+            raise ConfigError("--no-dla and --dla-core contradict each other: pass one")
+        if self.device < 0:
+            raise ConfigError(f"device must be a CUDA device index (0 or more), not {self.device}")
+
+
+OVERRIDES = ("min_batch", "opt_batch", "max_batch", "workspace_mib", "optimization_level", "dla_core",
+             "hardware_compatibility", "version_compatible", "sparse_weights")
+"""CompileConfig fields that override build.json's engine settings."""

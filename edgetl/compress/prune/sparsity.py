@@ -86,10 +86,19 @@ def sparsity_2_4_fraction(model: Any, ignored: list[str] | tuple[str, ...] = ())
     0.0 when the model has no eligible layer."""
     total = ok = 0
     for _, module in _eligible_layers(model, list(ignored)):
-        nonzero = (_groups(module.weight.detach()) != 0).sum(dim=-1)
-        total += nonzero.numel()
-        ok += int((nonzero <= KEEP).sum())
+        layer_ok, layer_total = count_2_4_groups(module.weight.detach())
+        ok, total = ok + layer_ok, total + layer_total
     return ok / total if total else 0.0
+
+
+def count_2_4_groups(weight: Any) -> tuple[int, int]:
+    """(groups of 4 input channels with at most 2 non-zeros, all groups) of a weight — a torch tensor, or a
+    numpy array read from an ONNX file — whose input-channel axis (dim 1) is a multiple of 4."""
+    import numpy as np
+
+    moved = weight.movedim(1, -1) if hasattr(weight, "movedim") else np.moveaxis(weight, 1, -1)
+    nonzero = (moved.reshape(-1, GROUP) != 0).sum(-1)
+    return int((nonzero <= KEEP).sum()), int(nonzero.shape[0])
 
 
 class MaskKeeper:
