@@ -393,6 +393,7 @@ def prune(run, overwrite, values, given) -> None:
     click.echo(f"{result.run_dir}: {100 * m['macs_reduction']:.1f}% fewer MACs ({m['macs_before'] / 1e9:.3f}G -> "
                f"{m['macs_after'] / 1e9:.3f}G), params {m['params_before'] / 1e6:.2f}M -> {m['params_after'] / 1e6:.2f}M, "
                f"val top-1 {100 * m['top1_parent']:.2f}% -> {100 * m['top1_pruned']:.2f}% pruned -> "
+               f"{100 * m['top1_repaired']:.2f}% after {m['repair']['method']} -> "
                f"{100 * m['top1_recovered']:.2f}% recovered (parent {result.parent})")
 
 

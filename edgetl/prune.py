@@ -59,6 +59,9 @@ class PruneConfig:
     """Stop recovery after this many epochs without a better val top-1 (0: never)."""
     batch_size: int | None = None
     """Recovery batch size (default: the parent run's)."""
+    reconstruct: bool = True
+    """Re-solve the layers that lost input channels but kept their outputs (least squares on the training
+    images, no labels, no training) before recovery; otherwise only BatchNorm statistics are re-estimated."""
     sparsity_2_4: bool = False
     """Also make weights 2:4 semi-structured sparse (TensorRT sparse kernels on Ampere/Orin), kept during recovery."""
     output: str | None = None
@@ -179,6 +182,8 @@ class _Job:
     splits: Any
     example: Any
     report: dict[str, Any] = field(default_factory=dict)
+    repair: dict[str, Any] = field(default_factory=dict)
+    """How the last pruning step was repaired before training: least squares or BatchNorm statistics."""
 
     @classmethod
     def load(cls, parent_dir: Path, config: PruneConfig) -> _Job:
@@ -194,7 +199,8 @@ class _Job:
         recorded = FinetuneConfig.from_dict(manifest.stage("finetune")["options"])
         recovery = FinetuneConfig.from_dict({
             **recorded.to_dict(), "strategy": "full", "epochs": config.epochs, "lr": config.lr, "warmup_epochs": 1, "backbone_lr_scale": 1.0,
-            "patience": config.patience or None, "seed": config.seed, "workers": config.workers, "freeze_bn": False,
+            "patience": config.patience or None, "seed": config.seed, "workers": config.workers,
+            "freeze_bn": config.reconstruct,
             "batch_size": config.batch_size or recorded.batch_size, "probe_epochs": 0, "cache_features": False})
         splits = _resumed_splits(manifest, recovery)
         size = manifest.preprocessing.get("input_size") or manifest.model.get("input_size")
@@ -213,10 +219,13 @@ class _Job:
         cfg, heads = self.config, list(self.parent.model["head"])
         before, parent_top1 = count_macs(self.student, self.example), self._top1(self.teacher)
         steps = self._prune_steps(heads, before)
-        self._recalibrate_bn()
         after, pruned_top1 = count_macs(self.student, self.example), self._top1(self.student)
-        log.info("pruned: %.1f%% fewer MACs, val top-1 %.2f%% -> %.2f%% before recovery",
-                 100 * (1 - _macs(after) / _macs(before)), 100 * parent_top1, 100 * pruned_top1)
+        if cfg.ratio is not None:
+            self._repair()
+        repaired_top1 = self._top1(self.student)
+        log.info("pruned: %.1f%% fewer MACs, val top-1 %.2f%% -> %.2f%% (%.2f%% after %s), before recovery",
+                 100 * (1 - _macs(after) / _macs(before)), 100 * parent_top1, 100 * pruned_top1,
+                 100 * repaired_top1, self.repair.get("method", "repair"))
         sparsity = self._sparsify(heads) if cfg.sparsity_2_4 else None
         record = {**self.parent.model, "parameters": after["params"],
                   "pruned": {"parent": str(self.parent.run_dir.resolve()), "macs": _macs(after)}}
@@ -237,8 +246,9 @@ class _Job:
 
                 child.fail(STAGE, failure_reason(exc))
             raise
-        self.report = _report(before, after, parent_top1, pruned_top1, result.metrics["top1"], steps, sparsity,
-                              trainer.run_dir / "checkpoint.pt", self.parent.run_dir / "checkpoint.pt")
+        self.report = _report(before, after, (parent_top1, pruned_top1, repaired_top1, result.metrics["top1"]),
+                              steps, sparsity, trainer.run_dir / "checkpoint.pt", self.parent.run_dir / "checkpoint.pt")
+        self.report["repair"] = self.repair
         child.finish(STAGE, self.report)
         return PruneResult(trainer.run_dir, self.parent.run_dir, self.report)
 
@@ -269,7 +279,7 @@ class _Job:
                 raise ConfigError(f"{asked} cannot be reached without removing whole layers: the closest reachable "
                                   f"is {reached}; ask for that or more")
             macs = now
-            self._recalibrate_bn()
+            self._repair()
             self._recover(cfg.step_epochs)
             value = latency() if latency else macs
             steps.append({"step": len(steps) + 1, "macs": macs, "val_top1": self._top1(self.student),
@@ -338,6 +348,23 @@ class _Job:
                 seen += len(targets)
         return correct / max(seen, 1)
 
+    def _repair(self) -> None:
+        """Right after a pruning step: re-solve the layers whose outputs were kept (see
+        :mod:`~edgetl.compress.prune.reconstruct`), or, when there are none (or ``reconstruct`` is off),
+        re-estimate BatchNorm statistics. The first keeps the teacher's statistics, which its classifier was
+        trained with; re-estimating them on a few hundred images would move every feature."""
+        from .compress.prune import reconstruct_layers, reconstructable_layers
+
+        if self.config.reconstruct and reconstructable_layers(self.student, self.teacher):
+            def batches() -> Any:
+                return (images for images, _ in self._loader(train=False, samples=self.splits.train))
+
+            self.repair = {"method": "least squares", **reconstruct_layers(self.student, self.teacher, batches,
+                                                                          progress=log.info)}
+        else:
+            self._recalibrate_bn()
+            self.repair = {"method": "BatchNorm statistics"}
+
     def _recalibrate_bn(self) -> None:
         """Re-estimate BatchNorm statistics on the training images (eval transform): removing input channels
         shifts every later layer's activations, and stale running statistics cost more accuracy than the
@@ -377,6 +404,10 @@ class _Job:
         loss = DistillationLoss(self.teacher, self.config.temperature, self.config.alpha)
         optimizer = torch.optim.AdamW(self.student.parameters(), lr=self.config.lr)
         self.student.train()
+        if self.config.reconstruct:  # BatchNorm keeps the teacher's statistics, as in the final recovery
+            for module in self.student.modules():
+                if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
+                    module.eval()
         for epoch in range(epochs):
             total = seen = 0
             for images, targets in self._loader(train=True):
@@ -442,10 +473,12 @@ def _macs(counted: dict[str, Any]) -> float:
     return counted.get("macs_flop_counter") or counted["macs"]
 
 
-def _report(before: dict[str, Any], after: dict[str, Any], parent_top1: float, pruned_top1: float,
-            recovered_top1: float, steps: list[dict[str, Any]], sparsity: dict[str, Any] | None,
-            checkpoint: Path, parent_checkpoint: Path) -> dict[str, Any]:
-    """What pruning did: parameters, MACs (both counters), file size, top-1 before / after / recovered."""
+def _report(before: dict[str, Any], after: dict[str, Any], top1: tuple[float, float, float, float],
+            steps: list[dict[str, Any]], sparsity: dict[str, Any] | None, checkpoint: Path,
+            parent_checkpoint: Path) -> dict[str, Any]:
+    """What pruning did: parameters, MACs (both counters), file size, top-1 of the parent, right after pruning,
+    after the repair (least squares or BatchNorm statistics), and after recovery."""
+    parent_top1, pruned_top1, repaired_top1, recovered_top1 = top1
     return {
         "params_before": before["params"], "params_after": after["params"],
         "macs_before": _macs(before), "macs_after": _macs(after),
@@ -454,6 +487,7 @@ def _report(before: dict[str, Any], after: dict[str, Any], parent_top1: float, p
         "macs_counters_agree": bool(before.get("agree") and after.get("agree")),
         "macs_counters_note": after.get("reason") or before.get("reason"),
         "checkpoint_bytes_before": parent_checkpoint.stat().st_size, "checkpoint_bytes_after": checkpoint.stat().st_size,
-        "top1_parent": parent_top1, "top1_pruned": pruned_top1, "top1_recovered": recovered_top1,
+        "top1_parent": parent_top1, "top1_pruned": pruned_top1, "top1_repaired": repaired_top1,
+        "top1_recovered": recovered_top1,
         "drop_points_vs_parent": round(100 * (parent_top1 - recovered_top1), 4), "steps": steps,
         **({"sparsity_2_4": sparsity} if sparsity else {})}

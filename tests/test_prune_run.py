@@ -41,7 +41,11 @@ def test_child_run_records_its_parent_and_the_report(parent, child):
     report = data["stages"]["prune"]["metrics"]
     assert data["stages"]["prune"]["status"] == "complete" and data["stages"]["finetune"]["status"] == "complete"
     assert report["macs_after"] < 0.8 * report["macs_before"] and report["params_after"] < report["params_before"]
-    assert 0 <= report["top1_pruned"] <= 1 and report["top1_recovered"] == data["stages"]["finetune"]["metrics"]["top1"]
+    # uniform pruning keeps only the classifier's outputs: it is the one layer re-solved by least squares
+    assert report["repair"]["method"] == "least squares" and list(report["repair"]["errors"]) == ["classifier"]
+    assert report["repair"]["errors"]["classifier"]["after"] <= report["repair"]["errors"]["classifier"]["before"]
+    assert 0 <= report["top1_pruned"] <= 1 and 0 <= report["top1_repaired"] <= 1
+    assert report["top1_recovered"] == data["stages"]["finetune"]["metrics"]["top1"]
     assert report["checkpoint_bytes_after"] < report["checkpoint_bytes_before"]
     assert report["macs_torch_pruning_after"] and report["macs_counters_agree"] in (True, False)
     # the second counter sees the same pruning (within a few points of the standard count's reduction)
