@@ -70,6 +70,11 @@ class MissingBackendError(EdgetlError):
         return f"pip install {flag}'{package}>={required}'" if required else f"pip install {flag}{package}"
 
 
+class BundleError(EdgetlError):
+    """A bundle that cannot be trusted or read: missing or malformed bundle.json, a newer schema, a file
+    whose sha256 differs from bundle.json, an unsafe archive."""
+
+
 class ParityError(EdgetlError):
     """An exported model whose outputs differ from the PyTorch model beyond tolerance."""
 

@@ -64,8 +64,10 @@ class OnnxRuntimeRunner(Runner):
 
 def _precision(path: Path) -> str:
     """``int8-qdq`` (Q/DQ nodes; ``int8-qdq+fp16`` with FP16 weights), ``fp16`` or ``fp32``, from the graph."""
-    import onnx
-
+    try:
+        import onnx
+    except ImportError:  # the bundle runtime (edgetl.runtime) runs without onnx: the graph cannot be read
+        return "unknown"
     model = onnx.load(str(path), load_external_data=False)
     fp16 = any(init.data_type == onnx.TensorProto.FLOAT16 for init in model.graph.initializer)
     if any(node.op_type == "QuantizeLinear" for node in model.graph.node):

@@ -104,14 +104,12 @@ def measure_artifacts(targets: Sequence[BenchTarget], images: Any, labels: np.nd
                       config: BenchConfig, progress: bool = True) -> list[Measured]:
     """Load every target, then (under one progress bar) the accuracy pass, the latency rounds and the
     memory probes; the runners are closed at the end and each artifact's numbers are in its ``row``."""
-    from .._console import progress_bar
-
     head = np.ascontiguousarray(images[:max(config.batch_sizes)])  # latency batches: the only images held whole
     items = load_runners(targets, head[:1], classes)
     ok = sum(m.live for m in items)
     n_steps = (ok if config.accuracy else 0) + ok * len(config.batch_sizes) * config.rounds + (
         ok if config.memory else 0)
-    with progress_bar(progress) as bar:
+    with _progress(progress) as bar:
         steps = _Steps(bar, bar.add_task("bench", total=max(n_steps, 1), status=""))
         if config.accuracy:  # one streamed pass: each batch decoded once, run by every artifact
             steps.status(f"accuracy of {ok} artifact(s) on {len(images)} images")
@@ -125,6 +123,34 @@ def measure_artifacts(targets: Sequence[BenchTarget], images: Any, labels: np.nd
             m.runner.close()
             m.runner = None
     return items
+
+
+class _NoBar:
+    """A progress bar that shows nothing (so measuring without one needs no ``rich``: the bundle runtime)."""
+
+    def __enter__(self) -> _NoBar:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+    def add_task(self, *args: Any, **kwargs: Any) -> int:
+        return 0
+
+    def update(self, *args: Any, **kwargs: Any) -> None:
+        return None
+
+    def advance(self, *args: Any, **kwargs: Any) -> None:
+        return None
+
+
+def _progress(enabled: bool) -> Any:
+    """rich's progress bar when ``enabled``, else :class:`_NoBar` (rich is not imported)."""
+    if not enabled:
+        return _NoBar()
+    from .._console import progress_bar
+
+    return progress_bar(True)
 
 
 # -- loading ------------------------------------------------------------------------------------------
