@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from ..bench.config import BenchConfig
-from ..errors import DatasetError
+from ..errors import ConfigError, DatasetError
 from .bundle import Bundle
 
 
@@ -43,6 +43,8 @@ def bench_bundle(bundle: Bundle, config: BenchConfig | None = None, data: str | 
     from .model import require_runtime
 
     require_runtime(bundle)
+    if output is not None and Path(output).exists() and not Path(output).is_file():
+        raise ConfigError(f"{output} exists and is not a regular file: give -o a report.json path")
     config = config or BenchConfig(memory=False)
     meta = bundle.meta
     images, labels, source = _images(bundle, data, max(config.batch_sizes))
