@@ -262,3 +262,32 @@ def test_cpp_sample_undecodable_image(classify_bin, bundles, images, tmp_path):
     assert len(done.stderr.strip().splitlines()) == 1 and str(broken) in done.stderr, done.stderr
     # the other image is still classified
     assert [line.split("\t")[0] for line in done.stdout.splitlines()] == [str(images["portrait.png"])]
+
+
+def _tensorrt_paths() -> tuple[Path, Path] | None:
+    """(include dir, libnvinfer) where the TensorRT sample's CMakeLists.txt would find them."""
+    roots = [Path(p) for p in (os.environ.get("TENSORRT_ROOT"), "/usr/local/TensorRT") if p]
+    includes = [r / "include" for r in roots] + [Path("/usr/include/aarch64-linux-gnu"), Path("/usr/include/x86_64-linux-gnu")]
+    libs = [r / "lib" for r in roots] + [Path("/usr/lib/aarch64-linux-gnu"), Path("/usr/lib/x86_64-linux-gnu")]
+    include = next((d for d in includes if (d / "NvInferRuntime.h").is_file()), None)
+    lib = next((f for d in libs for f in sorted(d.glob("libnvinfer.so*"))), None)
+    return (include, lib) if include and lib else None
+
+
+@pytest.mark.tensorrt
+@pytest.mark.gpu
+def test_tensorrt_sample_builds(tmp_path):
+    """The TensorRT sample compiles where TensorRT's C++ headers, libnvinfer and the CUDA toolkit exist
+    (a Jetson, a workstation with the TensorRT tar); running it needs an engine built on that device."""
+    if not shutil.which("cmake") or not (shutil.which("g++") or shutil.which("c++")):
+        pytest.skip("cmake and g++ are needed to build the C++ sample")
+    if _tensorrt_paths() is None:
+        pytest.skip("TensorRT C++ headers and libnvinfer not found (set TENSORRT_ROOT): the TensorRT sample "
+                    "is only compiled where TensorRT exists")
+    if not (shutil.which("nvcc") or Path("/usr/local/cuda/include/cuda_runtime_api.h").is_file()):
+        pytest.skip("the CUDA toolkit (cudart headers) is needed to build the TensorRT sample")
+    for cmd in (["cmake", "-S", str(CPP_DIR / "tensorrt"), "-B", str(tmp_path), "-DCMAKE_BUILD_TYPE=Release"],
+                ["cmake", "--build", str(tmp_path), "-j2"]):
+        done = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, f"{' '.join(cmd)} failed:\n{done.stdout[-4000:]}\n{done.stderr[-4000:]}"
+    assert (tmp_path / "edgetl_classify").is_file()

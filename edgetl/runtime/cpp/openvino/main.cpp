@@ -50,7 +50,7 @@ private:
 int main(int argc, char** argv) {
     return edgetl::classify_main(argc, argv, [](const edgetl::Bundle& bundle) -> std::unique_ptr<edgetl::Classifier> {
         if (!bundle.runtime.empty() && bundle.runtime != "openvino") {
-            throw edgetl::BundleError("this is a " + bundle.runtime + " bundle; use the sample in cpp/" + bundle.runtime);
+            throw edgetl::BundleError("bundle.json says runtime \"" + bundle.runtime + "\": use the sample in cpp/" + bundle.runtime);
         }
         try {
             return std::make_unique<OpenVinoClassifier>(bundle);
