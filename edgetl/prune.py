@@ -46,7 +46,8 @@ class PruneConfig:
     """Modules kept whole besides the classifier: names or patterns (``conv_stem``, ``blocks.*.*.conv_pwl``
     keeps an inverted-residual network's residual width and prunes only its expanded channels)."""
     epochs: int = 20
-    """Recovery fine-tuning epochs after the last pruning step."""
+    """Recovery fine-tuning epochs after the last pruning step (0: keep the repaired model); the repaired model
+    is epoch 0, so recovery keeps it unless an epoch beats it on val."""
     step_epochs: int = 2
     """Recovery epochs between pruning steps (iterative mode)."""
     lr: float = 0.001
@@ -237,7 +238,8 @@ class _Job:
                              pretrained=f"pruned:{self.parent.run_dir.name}", num_classes=len(self.parent.classes),
                              architecture=architecture_record(self.student))
         loss = DistillationLoss(self.teacher, cfg.temperature, cfg.alpha, self.recovery.label_smoothing)
-        trainer = Trainer(self.recovery, bundle, self.splits, child, progress=progress, staging=staging, loss=loss)
+        trainer = Trainer(self.recovery, bundle, self.splits, child, progress=progress, staging=staging, loss=loss,
+                          start_is_candidate=True)
         try:
             result = trainer.run(fresh=True)
         except BaseException as exc:

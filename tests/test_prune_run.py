@@ -99,10 +99,14 @@ def test_resume_of_a_pruned_run_distils_again(child, tmp_path):
 
 
 def test_pruning_a_pruned_run_keeps_both_parents(child):
-    grandchild = prune(child, PruneConfig(ratio=0.2, epochs=1, patience=None, workers=0, round_to=8),
-                       progress=False).run_dir
+    # a learning rate that wrecks the model: recovery keeps the repaired model (epoch 0) instead
+    result = prune(child, PruneConfig(ratio=0.2, epochs=1, lr=10.0, patience=None, workers=0, round_to=8),
+                   progress=False)
+    grandchild = result.run_dir
     lineage = _manifest(grandchild)["parent"]
     assert lineage["run"] == str(child.resolve()) and lineage["parent"]["run"] == _manifest(child)["parent"]["run"]
+    finetune = _manifest(grandchild)["stages"]["finetune"]["metrics"]
+    assert finetune["best_epoch"] == 0 and result.metrics["top1_recovered"] == result.metrics["top1_repaired"]
 
 
 def test_bad_requests(parent, tmp_path):

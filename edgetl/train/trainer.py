@@ -52,8 +52,11 @@ class Trainer:
 
     def __init__(self, config: FinetuneConfig, bundle: ModelBundle, splits: DatasetSplits, manifest: Manifest,
                  progress: bool, staging: Any = None, callbacks: list[Any] | None = None,
-                 loss: Any = None) -> None:
+                 loss: Any = None, start_is_candidate: bool = False) -> None:
         self.config, self.bundle, self.splits, self.manifest = config, bundle, splits, manifest
+        # evaluate the model before training as "epoch 0": an epoch must beat it to replace it (recovery
+        # after pruning never ends worse than where it started)
+        self.start_is_candidate = start_is_candidate
         self.progress, self.staging = progress, staging
         self.is_main = _is_main_process()
         self.should_stop = False
@@ -294,6 +297,8 @@ class Trainer:
             self.val_feats = self._features(self.val_loader, progress, "features val")
         if fresh and cfg.strategy == "gradual" and cfg.probe_epochs:
             self._probe_head(progress)
+        if fresh and self.start_is_candidate and not self.cached:
+            self._start_candidate()
         epochs_task = progress.add_task("epochs", total=cfg.epochs, completed=self.epoch, status="")
         while self.epoch < cfg.epochs and not self.should_stop:
             epoch_start = time.perf_counter()
@@ -315,6 +320,17 @@ class Trainer:
             self._end_epoch(val_top1)
             progress.update(epochs_task, advance=1,
                             status=f"val top-1 {100 * val_top1:.1f}% (best {100 * self.best:.1f}%)")
+
+    def _start_candidate(self) -> None:
+        """Epoch 0: the model as given is the best so far (checkpoint written, staging promoted)."""
+        logits, labels, val_loss = self._evaluate()
+        self.best, self.best_epoch = float((logits.argmax(1) == labels).mean()), 0
+        if self.is_main:
+            self._save_best()
+            self._save_training_state()
+            if self.staging is not None and not self.staging.promoted:
+                self.run_dir = self.manifest.run_dir = self.staging.promote()
+        log.info("epoch 0 (before training): val loss %.3f  val top-1 %.2f%% *", val_loss, 100 * self.best)
 
     def _end_epoch(self, val_top1: float) -> bool:
         """Checkpoints, moving a new run into place after its first epoch, then the callbacks."""
