@@ -43,9 +43,13 @@ def bench_bundle(bundle: Bundle, config: BenchConfig | None = None, data: str | 
     from .model import require_runtime
 
     require_runtime(bundle)
+    config = config or BenchConfig(memory=False)
+    if config.steady_allocator:
+        from .._allocator import steady_allocator
+
+        steady_allocator()  # as edgetl bench does, before the runtime allocates
     if output is not None and Path(output).exists() and not Path(output).is_file():
         raise ConfigError(f"{output} exists and is not a regular file: give -o a report.json path")
-    config = config or BenchConfig(memory=False)
     meta = bundle.meta
     images, labels, source = _images(bundle, data, max(config.batch_sizes))
     if data is None:
