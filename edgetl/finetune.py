@@ -121,9 +121,12 @@ class FinetuneConfig:
 
 # -- public entry points ------------------------------------------------------------------
 
-def finetune(config: FinetuneConfig, *, overwrite: bool = False, progress: bool = True) -> FinetuneResult:
+def finetune(config: FinetuneConfig, *, overwrite: bool = False, progress: bool = True,
+             callbacks: list[Any] | None = None) -> FinetuneResult:
     """Train a new run from ``config``. An existing run folder is replaced only with ``overwrite``, and only
-    once the new run has finished its first epoch (see :mod:`edgetl.run.newrun`)."""
+    once the new run has finished its first epoch (see :mod:`edgetl.run.newrun`). ``callbacks`` get
+    ``on_epoch_end(trainer, record)`` after every epoch and may set ``trainer.should_stop`` (a search's
+    pruner, for one)."""
     import torch
 
     from .run.newrun import RunStaging, check_output, default_output
@@ -152,7 +155,8 @@ def finetune(config: FinetuneConfig, *, overwrite: bool = False, progress: bool 
             split_file = write_split(staging.path, splits.classes, splits.train, splits.val, splits.val_source)
             manifest.set("dataset", {**_dataset_record(splits, config), "split": SPLIT_NAME,
                                      "split_sha256": sha256(split_file)})
-            trainer = Trainer(config, bundle, splits, manifest, progress=progress, staging=staging)
+            trainer = Trainer(config, bundle, splits, manifest, progress=progress, staging=staging,
+                              callbacks=callbacks)
             return trainer.run(fresh=True)
     finally:
         staging.discard()  # a run that never finished an epoch leaves nothing (and the old run intact)
