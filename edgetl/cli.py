@@ -397,6 +397,51 @@ def prune(run, overwrite, values, given) -> None:
                f"{100 * m['top1_recovered']:.2f}% recovered (parent {result.parent})")
 
 
+def _tune_options(command):
+    from .config import Opt, options_from
+    from .tune.config import OBJECTIVES, PRUNERS, SAMPLERS, TuneConfig
+
+    return options_from(TuneConfig, skip=("data",), custom={
+        "trials": Opt(type=click.IntRange(min=1)),
+        "timeout": Opt(type=click.FloatRange(min=0, min_open=True)),
+        "space": Opt(type=click.Path(path_type=Path, dir_okay=False)),
+        "output": Opt(("-o", "--output"), type=click.Path(path_type=Path)),
+        "sampler": Opt(type=click.Choice(SAMPLERS)),
+        "pruner": Opt(type=click.Choice(PRUNERS)),
+        "objective": Opt(type=click.Choice(OBJECTIVES)),
+        "workers": Opt(type=click.IntRange(min=1)),
+        "threads": Opt(type=click.IntRange(min=1)),
+    })(command)
+
+
+@cli.command()
+@click.argument("data", type=click.Path(path_type=Path), required=False)
+@handle_errors
+@_tune_options
+def tune(data, values, given) -> None:
+    """Search fine-tuning options on DATA with Optuna; each trial is a run under STUDY_DIR/trials/.
+
+    Rerunning the same command resumes the study (finished trials count toward --trials). Writes
+    best.yaml (edgetl finetune --config best.yaml), report.html and trials.json; browse the storage
+    with optuna-dashboard (see docs/tune.md). Needs pip install 'edgetl[tune]'.
+    """
+    from .config import build
+    from .tune.config import TuneConfig
+    from .tune.report import format_table
+    from .tune.study import tune as run_tune
+
+    data = data or values.get("data")
+    if data is None:
+        raise click.UsageError("DATA is required (or data: in --config)")
+    result = run_tune(build(TuneConfig, values, data=str(data)))
+    click.echo(format_table(result.trials, multi=values.get("objective") == "top1+latency"))
+    for message in result.warnings:
+        click.echo(f"warning: {message}", err=True)
+    if result.best is not None:
+        click.echo(f"best: trial {result.best['number']} val top-1 {100 * result.best['values'][0]:.2f}%  "
+                   f"-> {result.best_config}")
+    click.echo(f"report: {result.report}  storage: {result.storage}")
+
 def _compile_options(command):
     from .config import Opt, options_from
     from .toolchains.trt_settings import CompileConfig

@@ -1,0 +1,184 @@
+"""edgetl tune: space validation, trials as child runs, pruning, crashes, resume, workers, best.yaml."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from edgetl.errors import ConfigError
+from edgetl.tune import TuneConfig, load_space, parse_space
+
+optuna = pytest.importorskip("optuna")
+
+TINY = {"model": "mobilenet_v3_small", "pretrained": False, "image_size": 32, "workers": 0, "batch_size": 8,
+        "patience": None, "threads": 1}
+
+
+def _space(tmp_path: Path, **searched) -> str:
+    path = tmp_path / "space.yaml"
+    path.write_text(yaml.safe_dump({**TINY, "epochs": 2, **searched}))
+    return str(path)
+
+
+def _config(tmp_path: Path, data: Path, **kw) -> TuneConfig:
+    space = kw.pop("space", None) or _space(tmp_path, lr={"low": 1e-3, "high": 1e-2, "log": True})
+    return TuneConfig(data=str(data), output=str(tmp_path / "study"), space=space, seed=0, **kw)
+
+
+@pytest.mark.parametrize("space, words", [
+    ({"lrr": {"low": 1e-3, "high": 1e-2}}, ["unknown fine-tuning option 'lrr'", "lr"]),
+    ({"lr": {"low": 1e-2, "high": 1e-3}}, ["lr", "impossible range"]),
+    ({"label_smoothing": {"low": 0.0, "high": 1.5}}, ["label_smoothing", "[0, 1)"]),
+    ({"strategy": {"choices": ["full", "sideways"]}}, ["strategy", "sideways"]),
+    ({"epochs": {"low": 1.5, "high": 3}}, ["epochs", "integer"]),
+    ({"lr": {"low": 0, "high": 1, "log": True}}, ["lr", "log"]),
+    ({"lr": {"lo": 1, "high": 2}}, ["lr", "'lo'"]),
+    ({"output": "x"}, ["output"]),
+    ({"workers": {"choices": [0, 1]}}, ["workers", "cannot be searched"]),
+])
+def test_space_errors_name_the_key(space, words):
+    with pytest.raises(ConfigError) as err:
+        parse_space(space)
+    message = str(err.value)
+    assert "\n" not in message
+    for word in words:
+        assert word in message
+
+
+def test_default_space_and_yaml(tmp_path):
+    default = load_space(None)
+    assert {p.name for p in default.params} >= {"strategy", "lr", "weight_decay", "batch_size", "epochs"}
+    path = tmp_path / "s.yaml"
+    path.write_text("lr: {low: 1e-4, high: 1e-2, log: true}\nmodel: {choices: [a, b]}\nimage_size: 64\n")
+    space = load_space(path)
+    assert space.fixed == {"image_size": 64} and [p.name for p in space.params] == ["lr", "model"]
+    with pytest.raises(ConfigError, match="not found"):
+        load_space(tmp_path / "missing.yaml")
+
+
+def test_tune_config_errors():
+    with pytest.raises(ConfigError, match="trials"):
+        TuneConfig(data=".", trials=0)
+    with pytest.raises(ConfigError, match="sampler"):
+        TuneConfig(data=".", sampler="bayes")
+
+
+def test_unreachable_storage_is_one_line(tmp_path, split_folder):
+    from edgetl.tune import tune
+
+    config = _config(tmp_path, split_folder, trials=1, storage="postgresql://nobody@127.0.0.1:1/none")
+    with pytest.raises(ConfigError, match="cannot open the study storage") as err:
+        tune(config, progress=False)
+    assert "\n" not in str(err.value)
+
+
+@pytest.mark.slow
+def test_trials_are_child_runs_and_best_yaml_loads(tmp_path, split_folder):
+    from edgetl.config import load_config_file
+    from edgetl.finetune import FinetuneConfig
+    from edgetl.run import Manifest
+    from edgetl.tune import tune
+
+    result = tune(_config(tmp_path, split_folder, trials=2), progress=False)
+    assert [r["state"] for r in result.trials] == ["complete", "complete"]
+    for row in result.trials:
+        run = Path(row["run"])
+        assert run == tmp_path / "study" / "trials" / f"trial-{row['number']:03d}"
+        parent = Manifest.load(run).parent
+        assert parent["stage"] == "tune" and parent["trial"] == row["number"]
+        assert Manifest.load(run).completed("finetune")
+    options = load_config_file(result.best_config)
+    config = FinetuneConfig(**options)  # every key is a fine-tuning option
+    assert config.lr == pytest.approx(result.best["params"]["lr"]) and config.model == "mobilenet_v3_small"
+    assert (tmp_path / "study" / "report.html").read_text().count("<svg") >= 1
+    assert (tmp_path / "study" / "study.db").is_file()
+
+
+class _AlwaysPrune(optuna.pruners.BasePruner):
+    def prune(self, study, trial):
+        return True
+
+
+@pytest.mark.slow
+def test_pruned_trial_recorded(tmp_path, split_folder):
+    from edgetl.run import Manifest
+    from edgetl.tune import tune
+
+    config = _config(tmp_path, split_folder, trials=1, space=_space(tmp_path, epochs=3))
+    result = tune(config, pruner=_AlwaysPrune(), progress=False)
+    (row,) = result.trials
+    assert row["state"] == "pruned"
+    manifest = Manifest.load(row["run"])
+    assert manifest.stage("finetune")["metrics"]["epochs_run"] == 1  # stopped at the first epoch end
+    assert manifest.parent["pruned_at_epoch"] == 1
+    assert result.best is None and result.best_config is None
+
+
+@pytest.mark.slow
+def test_crashing_trial_fails_and_study_goes_on(tmp_path, split_folder):
+    from edgetl.tune import tune
+
+    space = _space(tmp_path, model={"choices": ["mobilenet_v3_small", "no_such_backbone"]})
+    result = tune(_config(tmp_path, split_folder, trials=2, sampler="grid", space=space), progress=False)
+    states = {r["params"]["model"]: r for r in result.trials}
+    assert states["no_such_backbone"]["state"] == "fail" and states["no_such_backbone"]["error"]
+    assert states["mobilenet_v3_small"]["state"] == "complete"
+
+
+@pytest.mark.slow
+def test_resume_counts_finished_trials_and_fails_stale(tmp_path, split_folder):
+    from optuna.trial import TrialState
+
+    from edgetl.tune import tune
+    from edgetl.tune.storage import load_study, storage_url
+
+    config = _config(tmp_path, split_folder, trials=1)
+    tune(config, progress=False)
+    # a process killed mid-trial leaves a RUNNING trial behind
+    study = load_study(config, storage_url(config), sampler=None, pruner=None)
+    ghost = study.ask()
+    ghost.set_user_attr("host", __import__("socket").gethostname())
+    ghost.set_user_attr("pid", 2 ** 22 + 12345)  # no such process
+    result = tune(_config(tmp_path, split_folder, trials=2), progress=False)
+    states = [r["state"] for r in result.trials]
+    assert states.count("complete") == 2 and len(states) == 3
+    assert result.trials[ghost.number]["stale"] and result.trials[ghost.number]["state"] == TrialState.FAIL.name.lower()
+
+
+@pytest.mark.slow
+def test_two_workers_on_a_journal_give_exact_total(tmp_path, split_folder):
+    from edgetl.tune import tune
+
+    result = tune(_config(tmp_path, split_folder, trials=3, workers=2, sampler="random"), progress=False)
+    assert result.storage.startswith("journal:")
+    numbers = [r["number"] for r in result.trials]
+    assert sorted(numbers) == [0, 1, 2]
+    assert all(r["state"] == "complete" for r in result.trials)
+    assert len({r["run"] for r in result.trials}) == 3
+
+
+def test_cli_help_and_lazy_optuna():
+    import subprocess
+    import sys
+
+    code = "import sys, edgetl.cli; assert 'optuna' not in sys.modules"
+    subprocess.run([sys.executable, "-c", code], check=True)
+    from click.testing import CliRunner
+
+    from edgetl.cli import cli
+
+    out = CliRunner().invoke(cli, ["tune", "--help"])
+    assert out.exit_code == 0 and "--trials" in out.output and "--storage" in out.output
+
+
+def test_cli_bad_space_one_line(tmp_path, split_folder):
+    from click.testing import CliRunner
+
+    from edgetl.cli import cli
+
+    space = tmp_path / "bad.yaml"
+    space.write_text("lr: {low: 1, high: 0.1}\n")
+    out = CliRunner().invoke(cli, ["tune", str(split_folder), "--space", str(space), "-o", str(tmp_path / "s")])
+    assert out.exit_code == 1 and "impossible range" in out.output
