@@ -7,6 +7,7 @@ line on stderr and a non-zero exit (no traceback), anything else is a bug and ke
 from __future__ import annotations
 
 import functools
+import os
 import sys
 from pathlib import Path
 
@@ -72,6 +73,11 @@ def _finetune_options(command):
         "workers": Opt(type=click.IntRange(min=0), help="Data loader processes."),
         "threads": Opt(type=click.IntRange(min=1), help="Torch CPU threads [default: all cores]."),
         "freeze_bn": Opt(("--freeze-bn/--train-bn",)),
+        "nproc": Opt(type=click.IntRange(min=1), help="Training processes on this machine (DistributedDataParallel, "
+                                                      "torch's elastic launcher; --batch-size is the global batch, "
+                                                      "split over them). Several machines: torchrun -m edgetl "
+                                                      "finetune, see docs/distributed.md."),
+        "sync_bn": Opt(("--sync-bn",), help="Several processes: synchronised BatchNorm (GPUs only)."),
     })(command)
 
 
@@ -106,6 +112,8 @@ def finetune(data, overwrite, resume_dir, values, given) -> None:
         if data is None:
             raise click.UsageError("DATA is required (or --resume RUN, or data: in --config)")
         result = ft.finetune(build(ft.FinetuneConfig, values, data=str(data)), overwrite=overwrite)
+    if os.environ.get("RANK", "0") != "0":  # a torchrun worker other than rank 0: rank 0 reports
+        return
     m = result.metrics
     top5 = f"top-5 {100 * m['top5']:.2f}%  " if m["top5"] is not None else ""
     click.echo(f"{result.run_dir}: val top-1 {100 * m['top1']:.2f}%  {top5}"

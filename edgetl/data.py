@@ -247,15 +247,26 @@ class ImageListDataset:
         return (self.transform(image) if self.transform else image), label
 
 
-def make_loader(samples, transform, batch_size: int, *, shuffle: bool = False, workers: int = 0, seed: int = 0):
+def make_loader(samples, transform, batch_size: int, *, shuffle: bool = False, workers: int = 0, seed: int = 0,
+                shard: tuple[int, int] | None = None):
     """A DataLoader; a shuffled (training) loader drops a last batch of one image (BatchNorm cannot train on
-    it) and starts fresh workers each epoch, so reseeding ``loader.generator`` fixes the whole epoch."""
+    it) and starts fresh workers each epoch, so reseeding ``loader.generator`` fixes the whole epoch.
+
+    ``shard=(rank, world)`` (multi-process training, shuffled): a ``DistributedSampler`` gives this rank its
+    share of the epoch; ``loader.sampler.set_epoch(epoch)`` then fixes the epoch's order on every rank."""
     import torch
     from torch.utils.data import DataLoader
 
     generator = torch.Generator().manual_seed(seed)
-    single_last = shuffle and len(samples) > 1 and len(samples) % batch_size == 1
-    return DataLoader(ImageListDataset(samples, transform), batch_size=batch_size, shuffle=shuffle,
+    dataset = ImageListDataset(samples, transform)
+    sampler, count = None, len(samples)
+    if shard is not None and shard[1] > 1 and shuffle:
+        from torch.utils.data.distributed import DistributedSampler
+
+        sampler = DistributedSampler(dataset, num_replicas=shard[1], rank=shard[0], shuffle=True, seed=seed)
+        count = len(sampler)
+    single_last = shuffle and count > 1 and count % batch_size == 1
+    return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle and sampler is None, sampler=sampler,
                       num_workers=workers, generator=generator, persistent_workers=workers > 0 and not shuffle,
                       drop_last=single_last)
 

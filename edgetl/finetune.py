@@ -7,8 +7,8 @@ improves, ``checkpoint.pt`` (the float model that later stages read).
 
 from __future__ import annotations
 
+import contextlib
 import logging
-import os
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any, Literal
@@ -22,6 +22,7 @@ from .models import ModelBundle, build_model
 from .run.lock import StageLock
 from .run.manifest import Manifest
 from .run.split import SPLIT_NAME, write_split
+from .train import distributed
 from .train.strategies import STRATEGIES, layer_groups  # noqa: F401  (layer_groups: public helper)
 from .train.trainer import RESUMABLE, STAGE, FinetuneResult, Trainer
 
@@ -83,13 +84,18 @@ class FinetuneConfig:
     which small datasets cannot re-estimate well; no for random init)."""
     save_every_epoch: bool = False
     """Keep ``checkpoints/epoch_NNN.pt`` for every epoch, not only the last and the best."""
+    nproc: int = 1
+    """Training processes on this machine (DistributedDataParallel, torch's elastic launcher); ``batch_size``
+    is the global batch, split evenly over them. Under ``torchrun`` the job's world size."""
+    sync_bn: bool = False
+    """Several processes: synchronise BatchNorm statistics across them (SyncBatchNorm; GPUs only)."""
 
     def __post_init__(self) -> None:
         if self.strategy not in STRATEGIES:
             raise ConfigError(f"strategy must be one of {STRATEGIES}, not {self.strategy!r}")
         if self.optimizer not in ("adamw", "sgd"):
             raise ConfigError(f"optimizer must be adamw or sgd, not {self.optimizer!r}")
-        for name in ("epochs", "batch_size"):
+        for name in ("epochs", "batch_size", "nproc"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be at least 1")
         if self.lr is not None and self.lr <= 0:
@@ -100,6 +106,9 @@ class FinetuneConfig:
             raise ConfigError("probe_epochs cannot be negative")
         if self.patience is not None and self.patience < 1:
             raise ConfigError("patience must be at least 1 (or None to disable early stopping)")
+        if self.batch_size % self.nproc:
+            raise ConfigError(f"--batch-size {self.batch_size} is the global batch and does not split evenly over "
+                              f"{self.nproc} processes: use a multiple of {self.nproc}")
 
     @property
     def run_name(self) -> str:
@@ -127,9 +136,7 @@ def finetune(config: FinetuneConfig, *, overwrite: bool = False, progress: bool 
     once the new run has finished its first epoch (see :mod:`edgetl.run.newrun`). ``callbacks`` get
     ``on_epoch_end(trainer, record)`` after every epoch and may set ``trainer.should_stop`` (a search's
     pruner, for one)."""
-    import torch
-
-    from .run.newrun import RunStaging, check_output, default_output
+    from .run.newrun import check_output, default_output
 
     data_root = Path(config.data).resolve()
     if not data_root.exists():
@@ -139,14 +146,34 @@ def finetune(config: FinetuneConfig, *, overwrite: bool = False, progress: bool 
     roots = [data_root] + ([Path(config.val)] if config.val else [])
     run_dir = check_output(output, roots, overwrite=overwrite)
     config.output = str(run_dir)
+    if config.nproc > 1 and not distributed.in_worker():
+        distributed.check_launch(config.nproc, sync_bn=config.sync_bn)
+        return _launch(run_dir, config.nproc, "finetune", config.to_dict(), overwrite, progress, callbacks)
+    with distributed.process_group() as dist:
+        if dist.active:  # under torchrun: the job's size, whatever --nproc said
+            config.nproc = dist.world
+            config.__post_init__()
+        return _train_new(config, run_dir, dist, overwrite=overwrite, progress=progress, callbacks=callbacks)
+
+
+def _train_new(config: FinetuneConfig, run_dir: Path, dist: distributed.Dist, *, overwrite: bool, progress: bool,
+               callbacks: list[Any] | None) -> FinetuneResult:
+    """A new run in this process (rank 0 alone creates and writes the run folder)."""
+    import torch
+
+    from .run.newrun import RunStaging
+
     steady_allocator()  # activations are allocated and freed every step: keep them out of mmap/munmap
     _set_threads(config.threads)
     torch.manual_seed(config.seed)
-    splits = load_splits(config.data, val=config.val, val_fraction=config.val_fraction, seed=config.seed,
-                         strict=config.strict)
-    _log_splits(splits)
+    splits = dist.broadcast(load_splits(config.data, val=config.val, val_fraction=config.val_fraction,
+                                        seed=config.seed, strict=config.strict) if dist.is_main else None)
+    if dist.is_main:
+        _log_splits(splits)
     bundle = build_model(config.model, len(splits.classes), pretrained=config.pretrained, weights=config.weights,
                          image_size=config.image_size)
+    if not dist.is_main:
+        return Trainer(config, bundle, splits, None, progress=False, callbacks=callbacks).run(fresh=True)
     staging = RunStaging(run_dir)
     try:
         with StageLock(staging.path, STAGE):
@@ -162,6 +189,41 @@ def finetune(config: FinetuneConfig, *, overwrite: bool = False, progress: bool 
         staging.discard()  # a run that never finished an epoch leaves nothing (and the old run intact)
 
 
+def _launch(run_dir: Path, nproc: int, kind: str, *args: Any) -> FinetuneResult:
+    """Run :func:`_worker` in ``nproc`` processes; on a failure, leave the run resumable and say so."""
+    from .run.lock import stage_busy
+    from .run.manifest import is_run_folder
+    from .run.newrun import _remove_abandoned
+
+    try:
+        return distributed.launch(nproc, _worker, kind, *args)
+    except distributed.WorkerFailedError as exc:
+        _remove_abandoned(run_dir)  # a staged run that never finished its first epoch
+        if is_run_folder(run_dir) and not stage_busy(run_dir, STAGE):
+            manifest = Manifest.load(run_dir)
+            if (manifest.stage(STAGE) or {}).get("status") == "running":  # rank 0 died without recording it
+                manifest.fail(STAGE, str(exc))
+            if (run_dir / "checkpoints" / "last.pt").is_file():
+                raise distributed.WorkerFailedError(f"{exc}; resume with: edgetl finetune --resume {run_dir}") from None
+        raise
+
+
+def _worker(kind: str, *args: Any) -> FinetuneResult:
+    """One process of a multi-process run (started by :func:`distributed.launch`)."""
+    import os
+
+    from ._console import setup_logging
+
+    setup_logging()
+    if os.environ.get("RANK", "0") != "0":
+        logging.getLogger("edgetl").setLevel(logging.WARNING)  # rank 0 reports
+    if kind == "finetune":
+        config, overwrite, progress, callbacks = args
+        return finetune(FinetuneConfig.from_dict(config), overwrite=overwrite, progress=progress, callbacks=callbacks)
+    run_dir, progress, changes = args
+    return resume(run_dir, progress=progress, changes=changes)
+
+
 def resume(run_dir: str | Path, *, progress: bool = True, epochs: int | None = None,
            changes: dict[str, Any] | None = None) -> FinetuneResult:
     """Continue a run from ``checkpoints/last.pt`` with its recorded options, data order and RNG states.
@@ -169,42 +231,60 @@ def resume(run_dir: str | Path, *, progress: bool = True, epochs: int | None = N
     ``epochs`` (or ``changes["epochs"]``) extends a run; other ``changes`` may only touch :data:`RESUMABLE`
     options or repeat the recorded value. The run must not be training in another process.
     """
-    import torch
-
     manifest = Manifest.load(run_dir)
     stage = manifest.stage(STAGE)
     if stage is None:
         raise RunFolderError(f"{run_dir} has no finetune stage to resume")
     changes = {**(changes or {}), **({"epochs": epochs} if epochs is not None else {})}
     config = _resumed_config(stage["options"], changes, run_dir)
-    with StageLock(run_dir, STAGE).acquire("it is still training; wait for it or stop it first"):
-        if stage.get("status") == "complete" and "epochs" not in changes:
-            raise RunFolderError(f"{run_dir} already finished fine-tuning; pass --epochs N to train it further")
-        if not (Path(run_dir) / "checkpoints" / "last.pt").is_file():
-            raise RunFolderError(f"{run_dir} has no checkpoints/last.pt (it stopped before the first epoch ended): "
-                                 "start it again with --overwrite")
-        steady_allocator()
-        _set_threads(config.threads)
-        torch.manual_seed(config.seed)
-        splits = _resumed_splits(manifest, config)
-        bundle = build_model(manifest.model["name"], len(splits.classes), pretrained=False,
-                             image_size=config.image_size)
-        loss = None
-        if manifest.stage("prune") is not None:  # a pruned run recovers by distillation from its parent
-            from .prune import resume_recovery
+    if config.nproc > 1 and not distributed.in_worker():
+        distributed.check_launch(config.nproc, sync_bn=config.sync_bn)
+        with StageLock(run_dir, STAGE).acquire("it is still training; wait for it or stop it first"):
+            _check_resumable(run_dir, stage, changes)  # refused here, before any worker starts
+        return _launch(Path(run_dir), config.nproc, "resume", str(run_dir), progress, changes)
+    with distributed.process_group() as dist:
+        lock = (StageLock(run_dir, STAGE).acquire("it is still training; wait for it or stop it first")
+                if dist.is_main else contextlib.nullcontext())
+        with lock:
+            _check_resumable(run_dir, stage, changes)
+            return _resume_here(manifest, config, changes, progress, dist)
 
-            loss = resume_recovery(manifest, bundle, config)
-        trainer = Trainer(config, bundle, splits, manifest, progress=progress, loss=loss)
-        trainer._restore()
-        if "epochs" in changes and config.epochs <= trainer.epoch:
-            raise ConfigError(f"{run_dir} has trained {trainer.epoch} epoch(s) already: --epochs must be more than "
-                              f"{trainer.epoch} to train it further")
-        result = trainer.run(fresh=False)
-        if loss is not None:
-            from .prune import update_report
 
-            update_report(manifest, result)
-        return result
+def _check_resumable(run_dir: str | Path, stage: dict[str, Any], changes: dict[str, Any]) -> None:
+    if stage.get("status") == "complete" and "epochs" not in changes:
+        raise RunFolderError(f"{run_dir} already finished fine-tuning; pass --epochs N to train it further")
+    if not (Path(run_dir) / "checkpoints" / "last.pt").is_file():
+        raise RunFolderError(f"{run_dir} has no checkpoints/last.pt (it stopped before the first epoch ended): "
+                             "start it again with --overwrite")
+
+
+def _resume_here(manifest: Manifest, config: FinetuneConfig, changes: dict[str, Any], progress: bool,
+                 dist: distributed.Dist) -> FinetuneResult:
+    """Continue the run in this process (every rank reads the run folder; rank 0 alone writes)."""
+    import torch
+
+    run_dir = manifest.run_dir
+    steady_allocator()
+    _set_threads(config.threads)
+    torch.manual_seed(config.seed)
+    splits = _resumed_splits(manifest, config)
+    bundle = build_model(manifest.model["name"], len(splits.classes), pretrained=False, image_size=config.image_size)
+    loss = None
+    if manifest.stage("prune") is not None:  # a pruned run recovers by distillation from its parent
+        from .prune import resume_recovery
+
+        loss = resume_recovery(manifest, bundle, config)
+    trainer = Trainer(config, bundle, splits, manifest if dist.is_main else None, progress=progress, loss=loss)
+    trainer._restore()
+    if "epochs" in changes and config.epochs <= trainer.epoch:
+        raise ConfigError(f"{run_dir} has trained {trainer.epoch} epoch(s) already: --epochs must be more than "
+                          f"{trainer.epoch} to train it further")
+    result = trainer.run(fresh=False)
+    if loss is not None and dist.is_main:
+        from .prune import update_report
+
+        update_report(manifest, result)
+    return result
 
 
 def _resumed_config(recorded: dict[str, Any], changes: dict[str, Any], run_dir: str | Path) -> FinetuneConfig:
@@ -251,7 +331,7 @@ def _resumed_splits(manifest: Manifest, config: FinetuneConfig) -> DatasetSplits
 def _set_threads(threads: int | None) -> None:
     import torch
 
-    torch.set_num_threads(threads or os.cpu_count() or 1)
+    torch.set_num_threads(threads or distributed.default_threads())  # cores // processes on this machine
 
 
 def _log_splits(splits: DatasetSplits) -> None:

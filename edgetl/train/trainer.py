@@ -20,6 +20,7 @@ from ..metrics import classification_metrics, plot_confusion_matrix
 from ..run.manifest import Manifest
 from ..run.split import SPLIT_NAME
 from ..run.stage import failure_reason
+from . import distributed
 from .losses import ClassificationLoss
 from .schedules import warmup_cosine
 from .strategies import Unfreezer, layer_groups, make_optimizer
@@ -58,11 +59,16 @@ class Trainer:
         # after pruning never ends worse than where it started)
         self.start_is_candidate = start_is_candidate
         self.progress, self.staging = progress, staging
-        self.is_main = _is_main_process()
+        self.dist = distributed.current()
+        self.is_main = self.dist.is_main
         self.should_stop = False
         self.val_feats: tuple[Any, Any] | None = None
-        self.model = bundle.model
-        self.run_dir = manifest.run_dir
+        if config.sync_bn and self.dist.active:
+            bundle.model = distributed.convert_sync_bn(bundle.model)
+        self.model = self.train_model = bundle.model  # train_model: under DDP when several processes train
+        self._trainable: tuple[bool, ...] | None = None
+        self.rank_rngs: list[Any] | None = None  # every rank's RNG states at the last checkpoint (several processes)
+        self.run_dir = manifest.run_dir if manifest is not None else Path(config.output)  # ranks > 0: no manifest
         self.classes = splits.classes
         self.head_params = [p for h in bundle.head for p in self.model.get_submodule(h).parameters()]
         self.groups = layer_groups(self.model, bundle.head)
@@ -72,9 +78,11 @@ class Trainer:
         self.cached = config.strategy == "linear-probe" and config.cache_features
         spec = bundle.preprocess
         augment = config.augment and not self.cached
-        self.train_loader = make_loader(splits.train, spec.train_transform(augment), config.batch_size, shuffle=True,
-                                        workers=config.workers, seed=config.seed)
-        self.val_loader = make_loader(splits.val, spec.eval_transform(), config.batch_size, workers=config.workers)
+        self.batch = config.batch_size // self.dist.world  # --batch-size is the global batch, split over processes
+        self.train_loader = make_loader(splits.train, spec.train_transform(augment), self.batch, shuffle=True,
+                                        workers=config.workers, seed=config.seed, shard=(self.dist.rank, self.dist.world))
+        self.val_loader = make_loader(self.dist.shard(splits.val), spec.eval_transform(), self.batch,
+                                      workers=config.workers)
         self.steps_per_epoch = len(self.train_loader)
         self.optimizer = make_optimizer(self.model, self.head_params, strategy=config.strategy,
                                         optimizer=config.optimizer, lr=config.head_lr,
@@ -112,10 +120,16 @@ class Trainer:
     def _state(self) -> dict[str, Any]:
         import torch
 
-        return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+        return {**({"rng_ranks": self.rank_rngs} if self.rank_rngs else {}), "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
                 "scheduler": self.scheduler.state_dict(), "epoch": self.epoch, "best": self.best,
                 "best_epoch": self.best_epoch, "bad_epochs": self.bad_epochs, "history": self.history,
                 "rng": torch.get_rng_state(), "python_rng": random.getstate()}
+
+    def _rank_rngs(self) -> list[Any] | None:
+        """Every rank's RNG states (collective; None with one process): a resumed rank continues its own."""
+        import torch
+
+        return self.dist.all_gather_object((torch.get_rng_state(), random.getstate())) if self.dist.active else None
 
     def _save_training_state(self) -> None:
         import torch
@@ -152,9 +166,15 @@ class Trainer:
                                  "edgetl that this one cannot continue: fine-tune again with --overwrite") from None
         self.epoch, self.best, self.best_epoch = state["epoch"], state["best"], state["best_epoch"]
         self.bad_epochs, self.history = state["bad_epochs"], state["history"]
-        torch.set_rng_state(state["rng"])
-        if "python_rng" in state:
-            random.setstate(state["python_rng"])
+        ranks = state.get("rng_ranks")
+        if ranks and len(ranks) == self.dist.world:
+            torch_rng, python_rng = ranks[self.dist.rank]
+            torch.set_rng_state(torch_rng)
+            random.setstate(_as_tuple(python_rng))
+        else:
+            torch.set_rng_state(state["rng"])
+            if "python_rng" in state:
+                random.setstate(state["python_rng"])
         log.info("resuming %s after epoch %d (best val top-1 %.2f%% at epoch %d)", self.run_dir, self.epoch,
                  100 * self.best, self.best_epoch)
 
@@ -180,18 +200,28 @@ class Trainer:
                     progress.advance(task, len(targets))
         finally:
             setattr(parent, attr, head)
-        return torch.cat(feats), torch.cat(labels)
+        return self.dist.gather(torch.cat(feats)), self.dist.gather(torch.cat(labels))  # each rank: its shard
 
     # -- loops ------------------------------------------------------------------------------
     def _forward_loss(self, images, targets):
         if getattr(self.loss, "needs_inputs", False):  # distillation: the teacher sees the same batch
-            return self.loss(self.model(images), targets, inputs=images)
-        return self.loss(self.model(images), targets)
+            return self.loss(self.train_model(images), targets, inputs=images)
+        return self.loss(self.train_model(images), targets)
+
+    def _wrap(self) -> None:
+        """DDP over the parameters that train now: wrapped again when unfreezing changes them."""
+        trainable = tuple(p.requires_grad for p in self.model.parameters())
+        if trainable != self._trainable:
+            self.train_model, self._trainable = self.dist.wrap(self.model), trainable
 
     def _train_epoch(self, progress, task) -> tuple[float, float]:
 
         self._train_mode()
-        self.train_loader.generator.manual_seed(self.config.seed + self.epoch)  # order = f(epoch): resumable
+        self._wrap()
+        if hasattr(self.train_loader.sampler, "set_epoch"):  # several processes: DistributedSampler
+            self.train_loader.sampler.set_epoch(self.epoch)  # order = f(seed, epoch) on every rank: resumable
+        else:
+            self.train_loader.generator.manual_seed(self.config.seed + self.epoch)  # order = f(epoch): resumable
         total_loss, correct, seen = 0.0, 0, 0
         for images, targets in self.train_loader:
             logits, loss = self._forward_loss(images, targets)
@@ -202,7 +232,8 @@ class Trainer:
             total_loss += loss.item() * len(targets)
             correct += (logits.argmax(1) == targets).sum().item()
             seen += len(targets)
-            progress.update(task, advance=len(targets), status=f"loss {total_loss / seen:.3f}")
+            progress.update(task, advance=len(targets) * self.dist.world, status=f"loss {total_loss / seen:.3f}")
+        total_loss, correct, seen = self.dist.sum(total_loss, correct, seen)
         return total_loss / seen, correct / seen
 
     def _train_epoch_cached(self, feats, labels, generator, optimizer=None, scheduler=None) -> tuple[float, float]:
@@ -226,6 +257,7 @@ class Trainer:
             scheduler.step()
             total_loss += loss.item() * len(idx)
             correct += (logits.argmax(1) == labels[idx]).sum().item()
+        self.dist.sync_module(head)  # every rank trained the head alike on all features: keep rank 0's
         return total_loss / seen, correct / seen
 
     def _probe_head(self, progress) -> float:
@@ -233,7 +265,7 @@ class Trainer:
         import torch
 
         cfg = self.config
-        loader = make_loader(self.splits.train, self.bundle.preprocess.eval_transform(), cfg.batch_size,
+        loader = make_loader(self.dist.shard(self.splits.train), self.bundle.preprocess.eval_transform(), self.batch,
                              workers=cfg.workers)
         feats, labels = self._features(loader, progress, "probe features")
         optimizer = torch.optim.AdamW(self.head_params, lr=3e-3, weight_decay=cfg.weight_decay)
@@ -254,11 +286,12 @@ class Trainer:
                 logits = self.model.get_submodule(self.bundle.head[0])(feats)
                 targets = labels
             else:
+                self.dist.sync_module(self.model, parameters=False)  # rank 0's BatchNorm statistics
                 outs, tgts = [], []
-                for images, batch_targets in self.val_loader:
+                for images, batch_targets in self.val_loader:  # this rank's shard of val, gathered in order
                     outs.append(self.model(images))
                     tgts.append(batch_targets)
-                logits, targets = torch.cat(outs), torch.cat(tgts)
+                logits, targets = self.dist.gather(torch.cat(outs)), self.dist.gather(torch.cat(tgts))
             loss = torch.nn.functional.cross_entropy(logits, targets).item()
         return logits.float().numpy(), targets.numpy(), loss
 
@@ -291,9 +324,9 @@ class Trainer:
         cfg = self.config
         train_feats = None
         if self.cached:
-            loader = make_loader(self.splits.train, self.bundle.preprocess.eval_transform(), cfg.batch_size,
-                                 workers=cfg.workers)
-            train_feats = self._features(loader, progress, "features train")
+            loader = make_loader(self.dist.shard(self.splits.train), self.bundle.preprocess.eval_transform(),
+                                 self.batch, workers=cfg.workers)
+            train_feats = self._features(loader, progress, "features train")  # computed once, shared by ranks
             self.val_feats = self._features(self.val_loader, progress, "features val")
         if fresh and cfg.strategy == "gradual" and cfg.probe_epochs:
             self._probe_head(progress)
@@ -325,6 +358,7 @@ class Trainer:
         """Epoch 0: the model as given is the best so far (checkpoint written, staging promoted)."""
         logits, labels, val_loss = self._evaluate()
         self.best, self.best_epoch = float((logits.argmax(1) == labels).mean()), 0
+        self.rank_rngs = self._rank_rngs()
         if self.is_main:
             self._save_best()
             self._save_training_state()
@@ -339,6 +373,7 @@ class Trainer:
             self.best, self.best_epoch, self.bad_epochs = val_top1, self.epoch, 0
         else:
             self.bad_epochs += 1
+        self.rank_rngs = self._rank_rngs()
         if self.is_main:
             if improved:
                 self._save_best()
@@ -351,13 +386,15 @@ class Trainer:
                  h["time_s"])
         for callback in self.callbacks:
             callback.on_epoch_end(self, {**h, "improved": improved})
+        if self.dist.active:  # a callback on rank 0 (a search's pruner) stops every rank
+            self.should_stop = self.dist.broadcast(self.should_stop)
         return improved
 
     def _finish(self, wall: float) -> FinetuneResult:
         import torch
 
-        best = torch.load(self.run_dir / "checkpoint.pt", map_location="cpu", weights_only=True)
-        self.model.load_state_dict(best["state_dict"])
+        best = torch.load(self.run_dir / "checkpoint.pt", map_location="cpu", weights_only=True) if self.is_main else None
+        self.model.load_state_dict(self.dist.broadcast(best)["state_dict"])
         # a linear probe's backbone is frozen: its cached val features still hold, only the head ran again
         logits, labels, val_loss = self._evaluate(*(self.val_feats if self.cached and self.val_feats else ()))
         metrics = classification_metrics(logits, labels, self.classes)
@@ -394,3 +431,8 @@ def _is_main_process() -> bool:
     import torch.distributed as dist
 
     return not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0
+
+
+def _as_tuple(value: Any) -> Any:
+    """A Python RNG state read back from a checkpoint (lists where ``random.setstate`` wants tuples)."""
+    return tuple(_as_tuple(v) for v in value) if isinstance(value, (list, tuple)) else value

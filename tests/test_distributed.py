@@ -1,0 +1,178 @@
+"""Multi-process fine-tuning (DistributedDataParallel under torch's elastic launcher): one coherent run folder,
+val metrics of the saved weights, resume with the same processes, a killed worker, and refused bad input."""
+
+from __future__ import annotations
+
+import os
+import signal
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from edgetl.errors import ConfigError
+from edgetl.finetune import FinetuneConfig, finetune, resume
+from edgetl.manifest import Manifest
+from edgetl.train import distributed
+
+
+def config(data: Path, out: Path, **overrides) -> FinetuneConfig:
+    base = dict(data=str(data), output=str(out), model="mobilenet_v3_small", pretrained=False, image_size=32,
+                epochs=2, batch_size=8, workers=0, patience=None, nproc=2)
+    base.update(overrides)
+    return FinetuneConfig(**base)
+
+
+def evaluate_checkpoint(run: Path) -> tuple[float, list[list[int]]]:
+    """Val top-1 and confusion matrix of ``run``'s checkpoint, in this one process (torch runner, PIL)."""
+    from edgetl.backends import create_runner
+    from edgetl.data import load_array, run_eval_samples
+    from edgetl.preprocessing import PreprocessSpec
+
+    manifest = Manifest.load(run)
+    images, labels = load_array(run_eval_samples(manifest), PreprocessSpec.from_dict(manifest.data["preprocessing"]))
+    predictions = create_runner("torch", run / "checkpoint.pt").infer(images).argmax(1)
+    n = len(manifest.classes)
+    matrix = [[int(np.sum((labels == t) & (predictions == p))) for p in range(n)] for t in range(n)]
+    return float(np.mean(predictions == labels)), matrix
+
+
+class KillRankOne:
+    """A callback that SIGKILLs rank 1 at the end of epoch ``at`` (a worker lost mid-run)."""
+
+    def __init__(self, at: int) -> None:
+        self.at = at
+
+    def on_epoch_end(self, trainer, record) -> None:
+        if trainer.dist.rank == 1 and record["epoch"] == self.at:
+            os.kill(os.getpid(), signal.SIGKILL)
+
+
+class KillRankOneInFirstEpoch:
+    """Unpickled in each worker, it makes rank 1 SIGKILL itself as its first epoch starts (callbacks only run
+    at epoch ends, and a test's monkeypatch does not reach spawned workers)."""
+
+    def __init__(self) -> None:
+        self.armed = True  # some state, or unpickling skips __setstate__
+
+    def on_epoch_end(self, trainer, record) -> None:
+        pass
+
+    def __setstate__(self, state) -> None:
+        self.__dict__.update(state)
+        from edgetl.train.trainer import Trainer
+
+        original = Trainer._train_epoch
+
+        def dies(trainer, progress, task):
+            if trainer.dist.rank == 1:
+                os.kill(os.getpid(), signal.SIGKILL)
+            return original(trainer, progress, task)
+
+        Trainer._train_epoch = dies
+
+
+# -- bad input, refused before anything is written ------------------------------------------------
+
+def test_nproc_above_the_cores_is_refused_before_anything_is_written(split_folder: Path, tmp_path: Path,
+                                                                      monkeypatch):
+    monkeypatch.setattr(distributed, "usable_cores", lambda: 2)
+    with pytest.raises(ConfigError, match="--nproc 3 is more than the 2 usable CPU core"):
+        finetune(config(split_folder, tmp_path / "run", nproc=3, batch_size=9), progress=False)
+    assert not (tmp_path / "run").exists() and list(tmp_path.iterdir()) == [split_folder]
+
+
+def test_global_batch_must_split_over_the_processes():
+    with pytest.raises(ConfigError, match="does not split evenly over 2 processes"):
+        FinetuneConfig(data="x", batch_size=7, nproc=2)
+    with pytest.raises(ConfigError, match="nproc must be at least 1"):
+        FinetuneConfig(data="x", nproc=0)
+
+
+def test_sync_bn_is_refused_on_the_cpu(split_folder: Path, tmp_path: Path):
+    with pytest.raises(ConfigError, match="--sync-bn needs GPUs"):
+        finetune(config(split_folder, tmp_path / "run", sync_bn=True), progress=False)
+    assert not (tmp_path / "run").exists()
+
+
+# -- the pieces, in one process ----------------------------------------------------------------------
+
+def test_distributed_sampler_shards_and_reshuffles_each_epoch():
+    from edgetl.data import make_loader
+
+    samples = [(Path(f"{i}.png"), 0) for i in range(20)]
+    orders = {}
+    for rank in (0, 1):
+        loader = make_loader(samples, None, 4, shuffle=True, seed=3, shard=(rank, 2))
+        for epoch in (0, 1):
+            loader.sampler.set_epoch(epoch)
+            orders[rank, epoch] = list(loader.sampler)
+    assert sorted(orders[0, 0] + orders[1, 0]) == list(range(20))  # disjoint shards covering the epoch
+    assert orders[0, 0] != orders[0, 1] and orders[1, 0] != orders[1, 1]  # set_epoch reshuffles
+    again = make_loader(samples, None, 4, shuffle=True, seed=3, shard=(0, 2))
+    again.sampler.set_epoch(1)
+    assert list(again.sampler) == orders[0, 1]  # order = f(seed, epoch): a resumed rank sees the same
+
+
+def test_gather_puts_the_shards_back_in_order(monkeypatch):
+    data = torch.arange(11).reshape(11, 1)
+    shards = [distributed.Dist(r, 3).shard(list(data)) for r in range(3)]
+    parts = [torch.stack(s) for s in shards]
+    monkeypatch.setattr(distributed.Dist, "all_gather_object", lambda self, obj: parts)
+    assert torch.equal(distributed.Dist(0, 3).gather(parts[0]), data)
+    one = distributed.Dist()
+    assert one.shard([1, 2]) == [1, 2] and one.sum(1.0, 2.0) == [1.0, 2.0] and one.broadcast("x") == "x"
+
+
+# -- real 2-process runs -----------------------------------------------------------------------------
+
+@pytest.mark.slow
+def test_two_processes_write_one_coherent_run_that_resumes_with_two(split_folder: Path, tmp_path: Path):
+    result = finetune(config(split_folder, tmp_path / "run", strategy="full", model="efficientnet_lite0",
+                             pretrained=True), progress=False)
+    run = tmp_path / "run"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run", "split"]  # no staging or second folder left
+    manifest = Manifest.load(run)
+    stage = manifest.require("finetune", "")
+    assert stage["options"]["nproc"] == 2 and len(stage["history"]) == 2 and manifest.verify() == []
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["last.pt"]
+    # rank 0's weights evaluated by one plain process give the metrics the 2-process job recorded
+    top1, matrix = evaluate_checkpoint(run)
+    assert result.metrics["top1"] == top1 == stage["metrics"]["top1"] and result.metrics["confusion_matrix"] == matrix
+    assert result.metrics["samples"] == 8 and result.history[1]["val_loss"] < result.history[0]["val_loss"]
+    state = torch.load(run / "checkpoints" / "last.pt", weights_only=True)
+    assert len(state["rng_ranks"]) == 2  # each rank's RNG, for resume
+    resumed = resume(run, epochs=3, progress=False)
+    assert [h["epoch"] for h in resumed.history] == [1, 2, 3]
+    assert Manifest.load(run).completed("finetune")
+    assert len(torch.load(run / "checkpoints" / "last.pt", weights_only=True)["rng_ranks"]) == 2
+
+
+@pytest.mark.slow
+def test_killed_worker_stops_the_job_and_the_run_resumes(split_folder: Path, tmp_path: Path):
+    cfg = config(split_folder, tmp_path / "run", epochs=3)
+    with pytest.raises(distributed.WorkerFailedError, match="worker rank 1 was killed by SIGKILL.*--resume"):
+        finetune(cfg, progress=False, callbacks=[KillRankOne(at=2)])
+    stage = Manifest.load(tmp_path / "run").stage("finetune")
+    assert stage["status"] == "failed"  # never claims success
+    result = resume(tmp_path / "run", progress=False)
+    assert [h["epoch"] for h in result.history] == [1, 2, 3]
+
+
+@pytest.mark.slow
+def test_killed_worker_in_the_first_epoch_leaves_nothing(split_folder: Path, tmp_path: Path):
+    with pytest.raises(distributed.WorkerFailedError, match="worker rank 1 was killed"):
+        finetune(config(split_folder, tmp_path / "run"), progress=False, callbacks=[KillRankOneInFirstEpoch()])
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["split"]
+
+
+@pytest.mark.slow
+def test_linear_probe_cache_shared_by_two_processes_matches_one(split_folder: Path, tmp_path: Path):
+    """Each rank computes half the features and they are gathered: the head trains on the same features as in
+    one process, so the run ends with the same val metrics."""
+    common = dict(strategy="linear-probe", model="efficientnet_lite0", pretrained=True)
+    two = finetune(config(split_folder, tmp_path / "two", **common), progress=False)
+    one = finetune(config(split_folder, tmp_path / "one", nproc=1, **common), progress=False)
+    assert two.metrics["top1"] == one.metrics["top1"] and two.metrics["confusion_matrix"] == one.metrics["confusion_matrix"]
+    assert [h["train_top1"] for h in two.history] == [h["train_top1"] for h in one.history]
