@@ -74,9 +74,12 @@ def tune(config: TuneConfig, *, sampler: Any = None, pruner: Any = None, callbac
     from .storage import fail_stale_trials
 
     fail_stale_trials(study)
+    salt = len(study.get_trials(deepcopy=False))  # a resumed study must not replay the seed's first samples
     if config.workers > 1:
-        _run_workers(config, url)
+        _run_workers(config, url, salt)
     else:
+        if sampler is None:
+            study.sampler = make_sampler(config, space, salt)
         run_trials(config, study, space, threads=config.threads, callbacks=callbacks)
     study = _open(config, url, space, sampler, pruner)
     return write_outputs(study, config, space, redact(url), warnings)
@@ -95,25 +98,28 @@ def _save_config(study_dir: Path, config: TuneConfig, url: str) -> None:
     write_json(study_dir / CONFIG_NAME, {**config.to_dict(), "storage": url})
 
 
-def _open(config: TuneConfig, url: str, space: SearchSpace, sampler: Any, pruner: Any) -> Any:
+def _open(config: TuneConfig, url: str, space: SearchSpace, sampler: Any, pruner: Any, salt: int = 0) -> Any:
     from .storage import load_study
 
-    return load_study(config, url, sampler=sampler or make_sampler(config, space),
+    return load_study(config, url, sampler=sampler or make_sampler(config, space, salt),
                       pruner=pruner or make_pruner(config))
 
 
-def make_sampler(config: TuneConfig, space: SearchSpace) -> Any:
+def make_sampler(config: TuneConfig, space: SearchSpace, salt: int = 0) -> Any:
+    """The sampler; with a seed, ``salt`` (trials already in the study, and the worker) keeps a resumed study
+    or a second worker from drawing the same configurations again."""
     import optuna
 
+    seed = None if config.seed is None else config.seed + salt
     if config.sampler == "grid":
         if not space.params:
             raise ConfigError("the grid sampler needs at least one searched option in the space")
-        return optuna.samplers.GridSampler(space.grid(), seed=config.seed)
+        return optuna.samplers.GridSampler(space.grid(), seed=seed)
     if config.sampler == "random":
-        return optuna.samplers.RandomSampler(seed=config.seed)
+        return optuna.samplers.RandomSampler(seed=seed)
     if config.multi_objective:
-        return optuna.samplers.TPESampler(seed=config.seed, multivariate=True)
-    return optuna.samplers.TPESampler(seed=config.seed)
+        return optuna.samplers.TPESampler(seed=seed, multivariate=True)
+    return optuna.samplers.TPESampler(seed=seed)
 
 
 def make_pruner(config: TuneConfig) -> Any:
@@ -165,14 +171,15 @@ def _grid_done(study: Any) -> bool:
     return isinstance(sampler, optuna.samplers.GridSampler) and sampler.is_exhausted(study)
 
 
-def _run_workers(config: TuneConfig, url: str) -> None:
+def _run_workers(config: TuneConfig, url: str, salt: int = 0) -> None:
     """``config.workers`` processes on this machine, each running trials until the total is reached."""
     import multiprocessing
 
     cores = os.cpu_count() or 1
     threads = config.threads or max(1, cores // config.workers)
     ctx = multiprocessing.get_context("spawn")
-    procs = [ctx.Process(target=worker_main, args=(config.to_dict(), url, threads), name=f"edgetl-tune-{i}")
+    procs = [ctx.Process(target=worker_main, args=(config.to_dict(), url, threads, salt + 1000 * (i + 1)),
+                         name=f"edgetl-tune-{i}")
              for i in range(config.workers)]
     for proc in procs:
         proc.start()
@@ -189,12 +196,12 @@ def _run_workers(config: TuneConfig, url: str) -> None:
                     ", ".join(failed))
 
 
-def worker_main(config_dict: dict[str, Any], url: str, threads: int) -> None:
+def worker_main(config_dict: dict[str, Any], url: str, threads: int, salt: int = 0) -> None:
     """Entry point of one worker process (spawned): open the shared study and run trials."""
     from .._console import setup_logging
 
     setup_logging(False)
     config = TuneConfig(**config_dict)
     space = load_space(config.space)
-    study = _open(config, url, space, None, None)
+    study = _open(config, url, space, None, None, salt)
     run_trials(config, study, space, threads=threads)

@@ -145,6 +145,9 @@ def test_resume_counts_finished_trials_and_fails_stale(tmp_path, split_folder):
     states = [r["state"] for r in result.trials]
     assert states.count("complete") == 2 and len(states) == 3
     assert result.trials[ghost.number]["stale"] and result.trials[ghost.number]["state"] == TrialState.FAIL.name.lower()
+    # the resumed study does not replay the seed's first configuration
+    lrs = [r["params"]["lr"] for r in result.trials if r["state"] == "complete"]
+    assert len(set(lrs)) == 2, lrs
 
 
 @pytest.mark.slow
@@ -157,6 +160,7 @@ def test_two_workers_on_a_journal_give_exact_total(tmp_path, split_folder):
     assert sorted(numbers) == [0, 1, 2]
     assert all(r["state"] == "complete" for r in result.trials)
     assert len({r["run"] for r in result.trials}) == 3
+    assert len({r["params"]["lr"] for r in result.trials}) == 3  # workers draw different configurations
 
 
 def test_cli_help_and_lazy_optuna():
