@@ -67,10 +67,12 @@ class StageLock:
         return self._lock.is_locked
 
     def __enter__(self) -> StageLock:
-        return self.acquire()
+        # ``with StageLock(...).acquire(hint):`` is already held: taking it a second time would leave it held
+        # (filelock counts) for as long as the object lives, e.g. in a traceback kept by the caller
+        return self if self.held else self.acquire()
 
     def __exit__(self, *exc: object) -> None:
-        self.release()
+        self._lock.release(force=True)
 
 
 def stage_busy(run_dir: str | Path, stage: str) -> bool:
