@@ -102,16 +102,10 @@ def load_space(path: str | Path | None) -> SearchSpace:
     """The space in a YAML file (``None``: :data:`DEFAULT_SPACE`), validated."""
     if path is None:
         return parse_space(DEFAULT_SPACE, "default space")
-    import yaml
+    from ..config import load_config_file
 
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"search space file not found: {path}")
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path} is not valid YAML ({str(exc).splitlines()[0]})") from None
-    if not isinstance(data, dict) or not data:
+    data = load_config_file(path)  # the same reader as --config: missing file, bad YAML, not a mapping
+    if not data:
         raise ConfigError(f"{path} must map fine-tuning option names to ranges, choices or values")
     return parse_space(data, str(path))
 
