@@ -23,6 +23,7 @@ from .run.lock import StageLock
 from .run.manifest import Manifest
 from .run.split import SPLIT_NAME, write_split
 from .train import distributed
+from .train.cache import SharedCache
 from .train.strategies import STRATEGIES, layer_groups  # noqa: F401  (layer_groups: public helper)
 from .train.trainer import RESUMABLE, STAGE, FinetuneResult, Trainer
 
@@ -131,11 +132,12 @@ class FinetuneConfig:
 # -- public entry points ------------------------------------------------------------------
 
 def finetune(config: FinetuneConfig, *, overwrite: bool = False, progress: bool = True,
-             callbacks: list[Any] | None = None) -> FinetuneResult:
+             callbacks: list[Any] | None = None, cache: SharedCache | None = None) -> FinetuneResult:
     """Train a new run from ``config``. An existing run folder is replaced only with ``overwrite``, and only
     once the new run has finished its first epoch (see :mod:`edgetl.run.newrun`). ``callbacks`` get
     ``on_epoch_end(trainer, record)`` after every epoch and may set ``trainer.should_stop`` (a search's
-    pruner, for one)."""
+    pruner, for one). ``cache`` (a :class:`~edgetl.train.cache.SharedCache`) lets runs of one search share
+    the dataset scan and a frozen backbone's features (single-process runs)."""
     from .run.newrun import check_output, default_output
 
     data_root = Path(config.data).resolve()
@@ -153,11 +155,12 @@ def finetune(config: FinetuneConfig, *, overwrite: bool = False, progress: bool 
         if dist.active:  # under torchrun: the job's size, whatever --nproc said
             config.nproc = dist.world
             config.__post_init__()
-        return _train_new(config, run_dir, dist, overwrite=overwrite, progress=progress, callbacks=callbacks)
+        return _train_new(config, run_dir, dist, overwrite=overwrite, progress=progress, callbacks=callbacks,
+                          cache=cache if not dist.active else None)
 
 
 def _train_new(config: FinetuneConfig, run_dir: Path, dist: distributed.Dist, *, overwrite: bool, progress: bool,
-               callbacks: list[Any] | None) -> FinetuneResult:
+               callbacks: list[Any] | None, cache: SharedCache | None = None) -> FinetuneResult:
     """A new run in this process (rank 0 alone creates and writes the run folder)."""
     import torch
 
@@ -166,8 +169,7 @@ def _train_new(config: FinetuneConfig, run_dir: Path, dist: distributed.Dist, *,
     steady_allocator()  # activations are allocated and freed every step: keep them out of mmap/munmap
     _set_threads(config.threads)
     torch.manual_seed(config.seed)
-    splits = dist.broadcast(load_splits(config.data, val=config.val, val_fraction=config.val_fraction,
-                                        seed=config.seed, strict=config.strict) if dist.is_main else None)
+    splits = dist.broadcast(_load_splits(config, cache) if dist.is_main else None)
     if dist.is_main:
         _log_splits(splits)
     bundle = build_model(config.model, len(splits.classes), pretrained=config.pretrained, weights=config.weights,
@@ -183,7 +185,7 @@ def _train_new(config: FinetuneConfig, run_dir: Path, dist: distributed.Dist, *,
             manifest.set("dataset", {**_dataset_record(splits, config), "split": SPLIT_NAME,
                                      "split_sha256": sha256(split_file)})
             trainer = Trainer(config, bundle, splits, manifest, progress=progress, staging=staging,
-                              callbacks=callbacks)
+                              callbacks=callbacks, cache=cache)
             return trainer.run(fresh=True)
     finally:
         staging.discard()  # a run that never finished an epoch leaves nothing (and the old run intact)
@@ -310,6 +312,15 @@ def _same(recorded: Any, given: Any, name: str) -> bool:
     if name in ("data", "val") and recorded and given:
         return Path(recorded).resolve() == Path(given).resolve()
     return recorded == given
+
+
+def _load_splits(config: FinetuneConfig, cache: SharedCache | None) -> DatasetSplits:
+    def load() -> DatasetSplits:
+        return load_splits(config.data, val=config.val, val_fraction=config.val_fraction, seed=config.seed,
+                           strict=config.strict)
+
+    key = (config.data, config.val, config.val_fraction, config.seed, config.strict)
+    return cache.splits(key, load) if cache is not None else load()
 
 
 def _resumed_splits(manifest: Manifest, config: FinetuneConfig) -> DatasetSplits:

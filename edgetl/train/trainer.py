@@ -22,6 +22,7 @@ from ..run.split import SPLIT_NAME
 from ..run.stage import failure_reason
 from . import distributed
 from .losses import ClassificationLoss
+from .cache import SharedCache
 from .schedules import warmup_cosine
 from .strategies import Unfreezer, layer_groups, make_optimizer
 
@@ -53,12 +54,13 @@ class Trainer:
 
     def __init__(self, config: FinetuneConfig, bundle: ModelBundle, splits: DatasetSplits, manifest: Manifest,
                  progress: bool, staging: Any = None, callbacks: list[Any] | None = None,
-                 loss: Any = None, start_is_candidate: bool = False) -> None:
+                 loss: Any = None, start_is_candidate: bool = False, cache: SharedCache | None = None) -> None:
         self.config, self.bundle, self.splits, self.manifest = config, bundle, splits, manifest
         # evaluate the model before training as "epoch 0": an epoch must beat it to replace it (recovery
         # after pruning never ends worse than where it started)
         self.start_is_candidate = start_is_candidate
         self.progress, self.staging = progress, staging
+        self.cache = cache  # features of the frozen backbone, shared with other runs of a search
         self.dist = distributed.current()
         self.is_main = self.dist.is_main
         self.should_stop = False
@@ -180,7 +182,14 @@ class Trainer:
 
     # -- features (linear probe) ----------------------------------------------------------------
     def _features(self, loader, progress, label: str):
-        """Backbone outputs (head swapped for identity) and labels for every image of ``loader``."""
+        """Backbone outputs (head swapped for identity) and labels for every image of ``loader``; from the
+        shared cache of a search when another run computed them for the same backbone and images."""
+        if self.cache is None or self.dist.active:
+            return self._compute_features(loader, progress, label)
+        return self.cache.features(self.model, self.bundle.head, self.bundle.preprocess.to_dict(),
+                                   list(loader.dataset.samples), lambda: self._compute_features(loader, progress, label))
+
+    def _compute_features(self, loader, progress, label: str):
         import torch
         import torch.nn as nn
 

@@ -1,5 +1,7 @@
 """One trial: the default fine-tuning options plus the sampled ones, trained as a child run of the study.
 
+Trials share the dataset scan and, when the backbone is frozen (linear probe, or the head fit that starts
+gradual unfreezing), its features (``STUDY_DIR/cache``, see :mod:`edgetl.train.cache`).
 Val top-1 is reported to the pruner at every epoch end through the trainer's callbacks; a pruned trial
 stops training, keeps its run folder (best checkpoint so far) and is recorded PRUNED. A crash is recorded
 on the trial (``error``) and in its run folder, and the study goes on.
@@ -12,13 +14,14 @@ import time
 from pathlib import Path
 from typing import Any
 
+from ..train.cache import SharedCache
 from .config import TuneConfig
 from .space import SearchSpace
 from .storage import claim
 
 log = logging.getLogger(__name__)
 
-TRIALS_DIR = "trials"
+TRIALS_DIR, CACHE_DIR = "trials", "cache"
 
 
 def trial_dir(study_dir: Path, number: int) -> Path:
@@ -51,6 +54,8 @@ class Objective:
         self.callbacks = list(callbacks or [])  # extra trainer callbacks (tests)
         self.release = release  # called first: lets the next worker ask for a trial
         self.study_dir = config.study_dir.resolve()
+        # trials share the dataset scan (this process) and a frozen backbone's features (every worker)
+        self.cache = SharedCache(self.study_dir / CACHE_DIR)
 
     def __call__(self, trial: Any) -> Any:
         import optuna
@@ -61,7 +66,7 @@ class Objective:
         options = self.space.sample(trial)
         run_dir = trial_dir(self.study_dir, trial.number)
         pruning = PruningCallback(trial, prune=not self.config.multi_objective)
-        start = time.perf_counter()
+        start, hits = time.perf_counter(), dict(self.cache.hits)
         try:
             result = self._train(options, run_dir, [pruning, *self.callbacks])
         except Exception as exc:
@@ -72,6 +77,7 @@ class Objective:
             raise
         finally:
             trial.set_user_attr("duration_s", round(time.perf_counter() - start, 1))
+            trial.set_user_attr("shared", [k for k, v in self.cache.hits.items() if v > hits[k]])
         trial.set_user_attr("run", str(result.run_dir))
         trial.set_user_attr("epochs_run", result.metrics["epochs_run"])
         _mark_child(Path(result.run_dir), trial, self.config, pruned_at=pruning.pruned_at)
@@ -89,7 +95,7 @@ class Objective:
 
         threads = options.pop("threads", None) or self.threads
         config = FinetuneConfig(data=self.config.data, output=str(run_dir), threads=threads, **options)
-        return finetune(config, progress=False, callbacks=callbacks)
+        return finetune(config, progress=False, callbacks=callbacks, cache=self.cache)
 
 
 def finetune_options(study_dir: Path, params: dict[str, Any], fixed: dict[str, Any], data: str) -> dict[str, Any]:

@@ -29,22 +29,24 @@ def trial_rows(study: Any) -> list[dict[str, Any]]:
             duration = round((t.datetime_complete - t.datetime_start).total_seconds(), 1)
         rows.append({"number": t.number, "state": t.state.name.lower(), "values": t.values,
                      "params": dict(t.params), "duration_s": duration, "run": t.user_attrs.get("run"),
-                     "error": t.user_attrs.get("error"), "stale": bool(t.user_attrs.get("stale"))})
+                     "error": t.user_attrs.get("error"), "stale": bool(t.user_attrs.get("stale")),
+                     "shared": t.user_attrs.get("shared") or []})
     return rows
 
 
 def format_table(rows: list[dict[str, Any]], multi: bool = False) -> str:
     """The trials as a fixed-width text table."""
-    head = f"{'trial':>5}  {'state':<8}  {'top-1':>7}  " + (f"{'ms':>8}  " if multi else "") + f"{'time':>7}  params"
+    head = f"{'trial':>5}  {'state':<8}  {'top-1':>7}  " + (f"{'ms':>8}  " if multi else "") + f"{'time':>7}  {'shared':<8}  params"
     lines = [head]
     for r in rows:
         values = r["values"] or []
         top1 = f"{100 * values[0]:6.2f}%" if values else f"{'-':>7}"
         ms = (f"{values[1]:8.2f}  " if len(values) > 1 else f"{'-':>8}  ") if multi else ""
         duration = f"{r['duration_s']:6.0f}s" if r["duration_s"] is not None else f"{'-':>7}"
+        shared = "features" if "features" in r.get("shared", []) else "scan" if r.get("shared") else "-"
         params = ", ".join(f"{k}={_short(v)}" for k, v in r["params"].items())
         note = f"  [{r['error']}]" if r["error"] else ""
-        lines.append(f"{r['number']:>5}  {r['state']:<8}  {top1}  {ms}{duration}  {params}{note}")
+        lines.append(f"{r['number']:>5}  {r['state']:<8}  {top1}  {ms}{duration}  {shared:<8}  {params}{note}")
     return "\n".join(lines)
 
 

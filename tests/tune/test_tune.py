@@ -186,3 +186,32 @@ def test_cli_bad_space_one_line(tmp_path, split_folder):
     space.write_text("lr: {low: 1, high: 0.1}\n")
     out = CliRunner().invoke(cli, ["tune", str(split_folder), "--space", str(space), "-o", str(tmp_path / "s")])
     assert out.exit_code == 1 and "impossible range" in out.output
+
+
+@pytest.mark.slow
+def test_linear_probe_trials_share_scan_and_features(tmp_path, split_folder):
+    from edgetl.tune import tune
+
+    space = _space(tmp_path, strategy="linear-probe", lr={"low": 1e-3, "high": 1e-1, "log": True})
+    result = tune(_config(tmp_path, split_folder, trials=3, space=space), progress=False)
+    shared = [r["shared"] for r in sorted(result.trials, key=lambda r: r["number"])]
+    assert shared[0] == [] and all(set(s) == {"splits", "features"} for s in shared[1:]), shared
+    assert len(list((tmp_path / "study" / "cache").glob("features-*.pt"))) == 2  # train and val, once
+    # a resumed study (a new process would start with an empty memory) reads the features from disk
+    again = tune(_config(tmp_path, split_folder, trials=4, space=space), progress=False)
+    assert "features" in again.trials[3]["shared"]
+
+
+@pytest.mark.slow
+def test_accuracy_and_latency_objective(tmp_path, split_folder):
+    from edgetl.tune import tune
+
+    result = tune(_config(tmp_path, split_folder, trials=2, objective="top1+latency"), progress=False)
+    assert any("cannot prune multi-objective" in w for w in result.warnings)
+    assert [r["state"] for r in result.trials] == ["complete", "complete"]
+    for row in result.trials:
+        top1, latency = row["values"]
+        assert 0.0 <= top1 <= 1.0 and latency > 0
+        assert (Path(row["run"]) / "onnx" / "model.onnx").is_file()  # latency of the exported model
+    assert result.best is not None and result.best_config is not None
+    assert "Accuracy and latency" in (tmp_path / "study" / "report.html").read_text()
