@@ -63,6 +63,9 @@ class FinetuneConfig:
     """Linear warm-up before the cosine decay (ignored for linear-probe)."""
     augment: bool = True
     """Random resized crop, flip and colour jitter on training images (not with cached features)."""
+    augment_strength: float = 1.0
+    """How hard ``augment`` distorts, 0-2: crops down to 1 - 0.65 x strength of the image's area (at least
+    8%), colour jitter 0.2 x strength; 0 leaves flips and aspect-ratio changes only."""
     probe_epochs: int = 10
     """gradual only: first train the head alone on cached features for this many (cheap) epochs, so
     unfreezing starts from a converged head (LP-FT); 0 skips it."""
@@ -103,6 +106,8 @@ class FinetuneConfig:
             raise ConfigError("lr must be positive")
         if not 0 <= self.label_smoothing < 1:
             raise ConfigError("label_smoothing must be in [0, 1)")
+        if not 0 <= self.augment_strength <= 2:
+            raise ConfigError(f"augment_strength must be in [0, 2], not {self.augment_strength}")
         if self.probe_epochs < 0:
             raise ConfigError("probe_epochs cannot be negative")
         if self.patience is not None and self.patience < 1:

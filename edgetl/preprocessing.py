@@ -119,16 +119,21 @@ class PreprocessSpec:
             T.Normalize(self.mean, self.std),
         ])
 
-    def train_transform(self, augment: bool = True):
-        """Standard transfer-learning augmentation: random resized crop, flip, light colour jitter."""
+    def train_transform(self, augment: bool = True, strength: float = 1.0):
+        """Standard transfer-learning augmentation: random resized crop, flip, light colour jitter.
+
+        ``strength`` scales it: the smallest crop keeps ``1 - 0.65 * strength`` of the area (at least 8%,
+        torchvision's default), the jitter is ``0.2 * strength``; 1 is the default, 0 keeps flips only."""
         if not augment:
             return self.eval_transform()
         from torchvision import transforms as T
 
+        smallest = max(0.08, 1.0 - 0.65 * strength)
+        jitter = 0.2 * strength
         return T.Compose([
-            T.RandomResizedCrop(self.input_size, scale=(0.35, 1.0), interpolation=_tv_interp(self.interpolation)),
+            T.RandomResizedCrop(self.input_size, scale=(smallest, 1.0), interpolation=_tv_interp(self.interpolation)),
             T.RandomHorizontalFlip(),
-            T.ColorJitter(0.2, 0.2, 0.2),
+            T.ColorJitter(jitter, jitter, jitter),
             T.ToTensor(),
             T.Normalize(self.mean, self.std),
         ])

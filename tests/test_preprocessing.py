@@ -138,3 +138,22 @@ def test_eval_preprocessing_needs_no_torch(tmp_path: Path):
     assert report == {"blocked": True, "labels": list(range(len(paths))), "head": [2, 3, 33, 33], "torch": []}
     spec = PreprocessSpec(input_size=33, resize_size=40, interpolation="bicubic")
     np.testing.assert_array_equal(np.load(tmp_path / "out.npy"), np.stack([spec.apply(load_rgb(p)) for p in paths]))
+
+
+@pytest.mark.parametrize("strength, smallest, jitter", [(1.0, 0.35, 0.2), (0.0, 1.0, 0.0), (2.0, 0.08, 0.4)])
+def test_augment_strength_scales_crop_and_jitter(strength, smallest, jitter):
+    from torchvision import transforms as T
+
+    steps = PreprocessSpec().train_transform(True, strength).transforms
+    crop = next(s for s in steps if isinstance(s, T.RandomResizedCrop))
+    colour = next(s for s in steps if isinstance(s, T.ColorJitter))
+    assert crop.scale == pytest.approx((smallest, 1.0))
+    assert (colour.brightness or (1, 1))[1] == pytest.approx(1 + jitter)
+
+
+def test_augment_strength_range():
+    from edgetl.errors import ConfigError
+    from edgetl.finetune import FinetuneConfig
+
+    with pytest.raises(ConfigError, match="augment_strength"):
+        FinetuneConfig(data=".", augment_strength=2.5)

@@ -81,7 +81,7 @@ class Trainer:
         spec = bundle.preprocess
         augment = config.augment and not self.cached
         self.batch = config.batch_size // self.dist.world  # --batch-size is the global batch, split over processes
-        self.train_loader = make_loader(splits.train, spec.train_transform(augment), self.batch, shuffle=True,
+        self.train_loader = make_loader(splits.train, spec.train_transform(augment, config.augment_strength), self.batch, shuffle=True,
                                         workers=config.workers, seed=config.seed, shard=(self.dist.rank, self.dist.world))
         self.val_loader = make_loader(self.dist.shard(splits.val), spec.eval_transform(), self.batch,
                                       workers=config.workers)

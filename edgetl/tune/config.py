@@ -37,7 +37,12 @@ class TuneConfig:
     workers: int = 1
     """Worker processes on this machine sharing the study (journal storage unless --storage is given)."""
     objective: Literal["top1", "top1+latency"] = "top1"
-    """Maximise val top-1, or maximise top-1 and minimise float ONNX latency on CPU (a Pareto front, no pruning)."""
+    """Maximise val top-1, or maximise top-1 and minimise batch-1 latency (a Pareto front, no pruning)."""
+    latency_target: str | None = None
+    """top1+latency: time each trial built for this target, with its runtime (see edgetl targets)
+    [default: the float ONNX model under onnxruntime on this CPU]."""
+    latency_precision: str | None = None
+    """Precision of the --latency-target build [default: the target's]."""
     seed: int | None = None
     """Sampler seed (None: random)."""
     threads: int | None = None
@@ -53,6 +58,10 @@ class TuneConfig:
         for name, allowed in (("sampler", SAMPLERS), ("pruner", PRUNERS), ("objective", OBJECTIVES)):
             if getattr(self, name) not in allowed:
                 raise ConfigError(f"{name} must be one of {', '.join(allowed)}, not {getattr(self, name)!r}")
+        if (self.latency_target or self.latency_precision) and not self.multi_objective:
+            raise ConfigError("latency_target and latency_precision need objective top1+latency")
+        if self.latency_precision and not self.latency_target:
+            raise ConfigError("latency_precision needs latency_target")
 
     @property
     def study_dir(self) -> Path:

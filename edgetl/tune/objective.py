@@ -86,9 +86,16 @@ class Objective:
             raise optuna.TrialPruned(f"pruned after epoch {pruning.pruned_at}")
         if not self.config.multi_objective:
             return top1
-        latency = onnx_latency_ms(result.run_dir)
+        latency = self._latency(result.run_dir)
         trial.set_user_attr("latency_ms", latency)
         return top1, latency
+
+    def _latency(self, run_dir: Path) -> float:
+        from .latency import onnx_latency_ms, target_latency_ms
+
+        if self.config.latency_target:
+            return target_latency_ms(run_dir, self.config.latency_target, self.config.latency_precision)
+        return onnx_latency_ms(run_dir)
 
     def _train(self, options: dict[str, Any], run_dir: Path, callbacks: list[Any]) -> Any:
         from ..finetune import FinetuneConfig, finetune
@@ -119,24 +126,3 @@ def _mark_child(run_dir: Path, trial: Any, config: TuneConfig, pruned_at: int | 
                             "study_name": trial.study.study_name, "pruned_at_epoch": pruned_at})
     manifest.save()
 
-
-def onnx_latency_ms(run_dir: str | Path, runs: int = 30) -> float:
-    """Median latency (ms, batch 1) of the run's float ONNX model on CPU under onnxruntime (exported here)."""
-    import numpy as np
-    import onnxruntime as ort
-
-    from ..export import ExportConfig, export_onnx
-
-    path = export_onnx(run_dir, ExportConfig(parity_images=16)).path
-    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    meta = session.get_inputs()[0]
-    size = [d if isinstance(d, int) else 1 for d in meta.shape]
-    x = np.random.default_rng(0).standard_normal(size).astype(np.float32)
-    for _ in range(3):
-        session.run(None, {meta.name: x})
-    times = []
-    for _ in range(runs):
-        start = time.perf_counter()
-        session.run(None, {meta.name: x})
-        times.append(1000 * (time.perf_counter() - start))
-    return round(float(np.median(times)), 3)

@@ -32,6 +32,7 @@ DEFAULT_SPACE: dict[str, Any] = {
     "label_smoothing": {"low": 0.0, "high": 0.2},
     "batch_size": {"choices": [16, 32]},
     "augment": {"choices": [True, False]},
+    "augment_strength": {"low": 0.5, "high": 1.5},
     "epochs": {"low": 3, "high": 10},
 }
 """The built-in space: what the transfer-learning tutorials tune by hand (backbone and image size stay fixed)."""

@@ -61,6 +61,10 @@ def tune(config: TuneConfig, *, sampler: Any = None, pruner: Any = None, callbac
 
         raise DatasetError(f"dataset path does not exist: {config.data}")
     config.data = str(data)
+    if config.latency_target:
+        from .latency import check_latency_target
+
+        config.latency_precision = check_latency_target(config.latency_target, config.latency_precision)
     warnings = _warnings(config)
     for message in warnings:
         log.warning(message)

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from edgetl.errors import ConfigError
+from edgetl.errors import ConfigError, TargetError
 from edgetl.tune import TuneConfig, load_space, parse_space
 
 optuna = pytest.importorskip("optuna")
@@ -49,7 +49,8 @@ def test_space_errors_name_the_key(space, words):
 
 def test_default_space_and_yaml(tmp_path):
     default = load_space(None)
-    assert {p.name for p in default.params} >= {"strategy", "lr", "weight_decay", "batch_size", "epochs"}
+    assert {p.name for p in default.params} >= {"strategy", "lr", "weight_decay", "batch_size", "epochs",
+                                                 "augment_strength"}
     path = tmp_path / "s.yaml"
     path.write_text("lr: {low: 1e-4, high: 1e-2, log: true}\nmodel: {choices: [a, b]}\nimage_size: 64\n")
     space = load_space(path)
@@ -215,3 +216,36 @@ def test_accuracy_and_latency_objective(tmp_path, split_folder):
         assert (Path(row["run"]) / "onnx" / "model.onnx").is_file()  # latency of the exported model
     assert result.best is not None and result.best_config is not None
     assert "Accuracy and latency" in (tmp_path / "study" / "report.html").read_text()
+
+
+def test_latency_target_checked_before_any_trial(tmp_path, split_folder):
+    import importlib.util
+
+    from edgetl.tune import tune
+
+    with pytest.raises(ConfigError, match="top1\\+latency"):
+        _config(tmp_path, split_folder, latency_target="intel-cpu")
+    with pytest.raises(TargetError, match="no-such-board"):
+        tune(_config(tmp_path, split_folder, objective="top1+latency", latency_target="no-such-board"),
+             progress=False)
+    if importlib.util.find_spec("tensorrt") is None:
+        with pytest.raises(ConfigError, match="tensorrt, which is not installed here") as err:
+            tune(_config(tmp_path, split_folder, objective="top1+latency", latency_target="jetson"), progress=False)
+        assert "\n" not in str(err.value)
+    assert not (tmp_path / "study" / "trials").exists()
+
+
+@pytest.mark.slow
+def test_latency_on_a_target_is_timed_by_its_runtime(tmp_path, split_folder):
+    pytest.importorskip("openvino")
+    from edgetl.bench import load_report
+    from edgetl.tune import tune
+
+    config = _config(tmp_path, split_folder, trials=1, objective="top1+latency", latency_target="intel-cpu")
+    (row,) = tune(config, progress=False).trials
+    assert row["state"] == "complete" and row["values"][1] > 0
+    run = Path(row["run"])
+    assert (run / "intel-cpu" / "int8" / "model.xml").is_file()  # built as edgetl export --target builds it
+    (result,) = load_report(run / "bench" / "report.json")["results"]
+    assert result["runtime"] == "openvino"
+    assert row["values"][1] == round(result["latency"][0]["p50_stable_ms"], 3)

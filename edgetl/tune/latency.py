@@ -1,0 +1,78 @@
+"""The latency objective of ``top1+latency`` studies: a trial's model, measured batch 1 where it will run.
+
+Without a target, the trial's float ONNX model under onnxruntime on this CPU (quick, no build). With
+``latency_target`` (``intel-cpu``, ``jetson``, ...), the trial is built for that target exactly as
+``edgetl export --target`` builds it (INT8 calibrated on its training split), TensorRT targets also
+get their engine compiled on this device, and the artifact is timed by ``edgetl bench``'s own
+measuring code with that target's runtime. A target whose runtime is not installed here is refused
+before the first trial: run the study on the device.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from ..errors import ConfigError, TargetError
+
+
+def check_latency_target(target: str, precision: str | None) -> str:
+    """The precision the target builds at; a ConfigError naming what is missing when it cannot run here."""
+    from ..backends import runtime_spec
+    from ..build import TargetBuildConfig, check_build_config
+
+    profile, precision, _ = check_build_config(TargetBuildConfig(target=target, precision=precision))
+    status = runtime_spec(profile.runtime).status()
+    if not status["installed"]:
+        raise ConfigError(f"latency on {target} is measured with {profile.runtime}, which is not installed here "
+                          f"({status['install']}): run the study on the device, or leave out --latency-target")
+    return precision
+
+
+def target_latency_ms(run_dir: str | Path, target: str, precision: str | None) -> float:
+    """Batch-1 p50 (ms) of the run built for ``target``, timed by edgetl bench with the target's runtime."""
+    from ..bench import BenchConfig, benchmark
+    from ..build import TargetBuildConfig, build_target
+    from ..export import ExportConfig, export_onnx
+    from ..profiles import load_target
+
+    run_dir = Path(run_dir)
+    export_onnx(run_dir, ExportConfig(parity_images=16))
+    built = build_target(run_dir, TargetBuildConfig(target=target, precision=precision, sensitivity_images=0,
+                                                    latency_runs=0))
+    artifact = built.path
+    if load_target(target).runtime == "tensorrt":  # the export is Q/DQ ONNX: the engine is what runs
+        from ..toolchains.tensorrt_engine import compile_engine
+        from ..toolchains.trt_settings import CompileConfig
+
+        artifact = compile_engine(run_dir, CompileConfig(target=target, precision=precision)).engine
+    config = BenchConfig(rounds=3, iterations=20, round_time_s=1.0, accuracy=False, memory=False, true_fp32=False,
+                         output=str(run_dir / "bench"))
+    report = benchmark(artifact, config, progress=False)
+    for row in report.results:
+        if row["status"] == "ok" and row["latency"]:
+            return round(float(row["latency"][0]["p50_stable_ms"]), 3)
+    reasons = "; ".join(str(r.get("reason")) for r in report.results)
+    raise TargetError(f"{artifact} could not be timed on {target}: {reasons}")
+
+
+def onnx_latency_ms(run_dir: str | Path, runs: int = 30) -> float:
+    """Median latency (ms, batch 1) of the run's float ONNX model on CPU under onnxruntime (exported here)."""
+    import numpy as np
+    import onnxruntime as ort
+
+    from ..export import ExportConfig, export_onnx
+
+    path = export_onnx(run_dir, ExportConfig(parity_images=16)).path
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    meta = session.get_inputs()[0]
+    size = [d if isinstance(d, int) else 1 for d in meta.shape]
+    x = np.random.default_rng(0).standard_normal(size).astype(np.float32)
+    for _ in range(3):
+        session.run(None, {meta.name: x})
+    times = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        session.run(None, {meta.name: x})
+        times.append(1000 * (time.perf_counter() - start))
+    return round(float(np.median(times)), 3)
