@@ -70,8 +70,7 @@ class Objective:
         try:
             result = self._train(options, run_dir, [pruning, *self.callbacks])
         except Exception as exc:
-            message = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-            trial.set_user_attr("error", f"{type(exc).__name__}: {message}"[:500])
+            _record_error(trial, exc)
             trial.set_user_attr("run", str(run_dir) if run_dir.exists() else None)
             _mark_child(run_dir, trial, self.config)
             raise
@@ -86,8 +85,13 @@ class Objective:
             raise optuna.TrialPruned(f"pruned after epoch {pruning.pruned_at}")
         if not self.config.multi_objective:
             return top1
-        latency = self._latency(result.run_dir)
+        try:
+            latency = self._latency(result.run_dir)
+        except Exception as exc:
+            _record_error(trial, exc)
+            raise
         trial.set_user_attr("latency_ms", latency)
+        trial.set_user_attr("duration_s", round(time.perf_counter() - start, 1))  # with the build and timing
         return top1, latency
 
     def _latency(self, run_dir: Path) -> float:
@@ -113,6 +117,11 @@ def finetune_options(study_dir: Path, params: dict[str, Any], fixed: dict[str, A
     out = config.to_dict()
     out.pop("output", None)
     return out
+
+
+def _record_error(trial: Any, exc: BaseException) -> None:
+    message = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+    trial.set_user_attr("error", f"{type(exc).__name__}: {message}"[:500])
 
 
 def _mark_child(run_dir: Path, trial: Any, config: TuneConfig, pruned_at: int | None = None) -> None:
