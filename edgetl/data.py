@@ -257,7 +257,9 @@ def make_loader(samples, transform, batch_size: int, *, shuffle: bool = False, w
     import torch
     from torch.utils.data import DataLoader
 
-    generator = torch.Generator().manual_seed(seed)
+    # several processes: the sampler's seed orders the epoch alike everywhere; the generator seeds this
+    # rank's loader workers, so ranks do not draw the same augmentations
+    generator = torch.Generator().manual_seed(seed + (shard[0] if shard else 0))
     dataset = ImageListDataset(samples, transform)
     sampler, count = None, len(samples)
     if shard is not None and shard[1] > 1 and shuffle:

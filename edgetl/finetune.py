@@ -179,6 +179,8 @@ def _train_new(config: FinetuneConfig, run_dir: Path, dist: distributed.Dist, *,
         _log_splits(splits)
     bundle = build_model(config.model, len(splits.classes), pretrained=config.pretrained, weights=config.weights,
                          image_size=config.image_size)
+    if dist.active:  # same initial weights on every rank, then each its own augmentation and dropout draws
+        torch.manual_seed(config.seed + dist.rank)
     if not dist.is_main:
         return Trainer(config, bundle, splits, None, progress=False, callbacks=callbacks).run(fresh=True)
     staging = RunStaging(run_dir)

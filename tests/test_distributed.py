@@ -113,6 +113,9 @@ def test_distributed_sampler_shards_and_reshuffles_each_epoch():
     again = make_loader(samples, None, 4, shuffle=True, seed=3, shard=(0, 2))
     again.sampler.set_epoch(1)
     assert list(again.sampler) == orders[0, 1]  # order = f(seed, epoch): a resumed rank sees the same
+    # each rank's loader workers are seeded apart (augmentations differ), the epoch order is shared
+    seeds = [make_loader(samples, None, 4, shuffle=True, seed=3, shard=(r, 2)).generator.initial_seed() for r in (0, 1)]
+    assert seeds[0] != seeds[1] and seeds[0] == make_loader(samples, None, 4, shuffle=True, seed=3).generator.initial_seed()
 
 
 def test_gather_puts_the_shards_back_in_order(monkeypatch):
@@ -176,3 +179,19 @@ def test_linear_probe_cache_shared_by_two_processes_matches_one(split_folder: Pa
     one = finetune(config(split_folder, tmp_path / "one", nproc=1, **common), progress=False)
     assert two.metrics["top1"] == one.metrics["top1"] and two.metrics["confusion_matrix"] == one.metrics["confusion_matrix"]
     assert [h["train_top1"] for h in two.history] == [h["train_top1"] for h in one.history]
+
+
+
+def test_fewer_val_images_than_processes_is_one_line(tmp_path: Path, monkeypatch):
+    from edgetl.data import DatasetSplits
+    from edgetl.errors import DatasetError
+    from edgetl.models import build_model
+    from edgetl.train.trainer import Trainer
+
+    monkeypatch.setattr(distributed, "current", lambda: distributed.Dist(0, 3))
+    splits = DatasetSplits(["a", "b"], [(Path(f"{i}.png"), i % 2) for i in range(6)],
+                           [(Path("v0.png"), 0), (Path("v1.png"), 1)], "folder", [])
+    bundle = build_model("mobilenet_v3_small", 2, pretrained=False, image_size=32)
+    with pytest.raises(DatasetError, match="2 val image\\(s\\) cannot be shared by 3 processes") as err:
+        Trainer(config(tmp_path, tmp_path / "run", nproc=1, batch_size=6), bundle, splits, None, progress=False)
+    assert "\n" not in str(err.value)

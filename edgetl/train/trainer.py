@@ -16,6 +16,7 @@ import numpy as np
 from .._console import progress_bar
 from .._io import atomic_path, write_json
 from ..data import DatasetSplits, make_loader
+from ..errors import DatasetError
 from ..metrics import classification_metrics, plot_confusion_matrix
 from ..run.manifest import Manifest
 from ..run.split import SPLIT_NAME
@@ -80,6 +81,9 @@ class Trainer:
         self.cached = config.strategy == "linear-probe" and config.cache_features
         spec = bundle.preprocess
         augment = config.augment and not self.cached
+        if len(splits.val) < self.dist.world:
+            raise DatasetError(f"{len(splits.val)} val image(s) cannot be shared by {self.dist.world} processes: "
+                               "use fewer processes or a larger val split")
         self.batch = config.batch_size // self.dist.world  # --batch-size is the global batch, split over processes
         self.train_loader = make_loader(splits.train, spec.train_transform(augment, config.augment_strength), self.batch, shuffle=True,
                                         workers=config.workers, seed=config.seed, shard=(self.dist.rank, self.dist.world))
