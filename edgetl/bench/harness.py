@@ -55,8 +55,6 @@ def benchmark(run_or_artifacts: str | Path | Sequence[str | Path], config: Bench
     from ..doctor import device_fingerprint
 
     config = config or BenchConfig()
-    if config.steady_allocator:
-        steady_allocator()  # before any runtime allocates (see edgetl/_allocator.py)
     inputs = [run_or_artifacts] if isinstance(run_or_artifacts, (str, Path)) else list(run_or_artifacts)
     previous = load_report(config.compare) if config.compare else None  # a bad file fails before measuring
     manifest, raw_targets, is_run = _load_manifests(inputs)
@@ -116,6 +114,8 @@ def _load_eval_data(manifest: Manifest, config: BenchConfig) -> tuple[Any, np.nd
 def _measure(targets: list[BenchTarget], manifest: Manifest, images: Any, labels: np.ndarray, data_source: str,
              config: BenchConfig, progress: bool) -> dict[str, Any]:
     """Measure the targets and assemble report.json (``device`` and ``comparison`` are the caller's)."""
+    # before any runner loads: steady latencies (edgetl/_allocator.py); every caller's timings alike
+    allocator = config.steady_allocator and steady_allocator()
     items = measure_artifacts(targets, images, labels, manifest.classes, config, progress)
     reference = reference_of(items)
     if reference is not None:
@@ -127,8 +127,7 @@ def _measure(targets: list[BenchTarget], manifest: Manifest, images: Any, labels
             "method": {"latency": "interleaved rounds, artifact order rotated each round; stats pool all timed runs; "
                                   "p50_stable_ms = lowest per-round median (used for comparisons)",
                        "memory": MEMORY_METHOD, "accuracy_ci": "paired bootstrap over images (95%), exact McNemar",
-                       "allocator": "glibc, mmap/trim thresholds 1 GiB" if config.steady_allocator and
-                       steady_allocator() else "default"},
+                       "allocator": "glibc, mmap/trim thresholds 1 GiB" if allocator else "default"},
             "data": {"source": data_source, "images": int(len(images)), "input_shape": list(images.shape[1:])},
             "reference": reference.row["label"] if reference is not None else None,
             "results": results, "notes": _notes(results, reference is not None, config, len(images)),

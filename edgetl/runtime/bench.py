@@ -44,10 +44,6 @@ def bench_bundle(bundle: Bundle, config: BenchConfig | None = None, data: str | 
 
     require_runtime(bundle)
     config = config or BenchConfig(memory=False)
-    if config.steady_allocator:
-        from .._allocator import steady_allocator
-
-        steady_allocator()  # as edgetl bench does, before the runtime allocates
     if output is not None and Path(output).exists() and not Path(output).is_file():
         raise ConfigError(f"{output} exists and is not a regular file: give -o a report.json path")
     meta = bundle.meta
