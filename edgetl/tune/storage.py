@@ -93,17 +93,30 @@ def claim(trial: Any) -> None:
     trial.set_user_attr("pid", os.getpid())
 
 
+def _alive(pid: int, started: Any) -> bool:
+    """Whether process ``pid`` still runs the trial started at ``started``: a zombie (killed, not yet reaped)
+    is dead, and a process younger than the trial got its pid by reuse."""
+    import psutil
+
+    try:
+        proc = psutil.Process(pid)
+        if proc.status() == psutil.STATUS_ZOMBIE:
+            return False
+        return started is None or proc.create_time() <= started.timestamp() + 1.0
+    except (psutil.Error, ValueError):
+        return False
+
+
 def fail_stale_trials(study: Any) -> list[int]:
     """Mark RUNNING trials whose process on this machine is gone as FAIL (``stale``); return their numbers."""
     import optuna
-    import psutil
     from optuna.trial import TrialState
 
     host, stale = socket.gethostname(), []
     for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         attrs = trial.user_attrs
-        if attrs.get("host") != host or psutil.pid_exists(int(attrs.get("pid", -1))) and \
-                int(attrs.get("pid", -1)) != os.getpid():
+        pid = int(attrs.get("pid", -1))
+        if attrs.get("host") != host or (pid != os.getpid() and _alive(pid, trial.datetime_start)):
             continue
         storage = study._storage
         try:

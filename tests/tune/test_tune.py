@@ -249,3 +249,32 @@ def test_latency_on_a_target_is_timed_by_its_runtime(tmp_path, split_folder):
     (result,) = load_report(run / "bench" / "report.json")["results"]
     assert result["runtime"] == "openvino"
     assert row["values"][1] == round(result["latency"][0]["p50_stable_ms"], 3)
+
+
+def test_killed_but_unreaped_or_reused_pid_is_stale():
+    """A trial whose process was killed but not yet reaped (a zombie: SIGKILL from `timeout`), or whose
+    pid now belongs to a newer process, is stale; a live process older than the trial is not."""
+    import os
+    import subprocess
+    import time
+
+    from edgetl.tune.storage import claim, fail_stale_trials
+
+    study = optuna.create_study()
+    zombie, younger = subprocess.Popen(["true"]), None
+    time.sleep(0.5)  # exited, not waited for: a zombie
+    try:
+        trials = [study.ask() for _ in range(3)]
+        for trial in trials:
+            claim(trial)
+        trials[0].set_user_attr("pid", zombie.pid)
+        time.sleep(1.5)  # process start times are compared with a second's tolerance
+        younger = subprocess.Popen(["sleep", "30"])  # started after the trial: its pid cannot be the trial's
+        trials[1].set_user_attr("pid", younger.pid)
+        trials[2].set_user_attr("pid", os.getppid())  # alive and older than the trial
+        assert sorted(fail_stale_trials(study)) == [0, 1]
+    finally:
+        zombie.wait()
+        if younger is not None:
+            younger.kill()
+            younger.wait()
