@@ -51,7 +51,8 @@ class PruneSettings:
     about ``1 - (1 - ratio)**2``."""
     importance: str = "magnitude"
     """``magnitude`` (L2 norm of the group's weights), ``taylor`` (weight x gradient: needs a loss) or
-    ``lamp`` (layer-adaptive magnitude)."""
+    ``lamp`` (layer-adaptive magnitude) or ``reconstruction`` (how well the consuming layer's output can be
+    re-solved without the channel: :mod:`~edgetl.compress.prune.selection`; needs calibration scores)."""
     global_pruning: bool = False
     """False: every layer loses ``ratio`` of its channels; True: one ranking across layers."""
     round_to: int | None = 16
@@ -60,7 +61,7 @@ class PruneSettings:
     """Module names whose output channels are kept, besides the classifier heads."""
     iterative_steps: int = 1
     """``ratio`` is reached in this many equal steps (fine-tune between them)."""
-    importances: ClassVar[tuple[str, ...]] = ("magnitude", "taylor", "lamp")
+    importances: ClassVar[tuple[str, ...]] = ("magnitude", "taylor", "lamp", "reconstruction")
 
     def __post_init__(self) -> None:
         ratio = self.ratio
@@ -104,18 +105,24 @@ class StructuredPruner:
     tuple of forward arguments) on the model's device; one image is enough.
     """
 
-    def __init__(self, model: Any, example_inputs: Any, settings: PruneSettings, heads: list[str]) -> None:
+    def __init__(self, model: Any, example_inputs: Any, settings: PruneSettings, heads: list[str],
+                 importance: Any = None) -> None:
         tp = import_torch_pruning()
+        if importance is None and settings.importance == "reconstruction":
+            raise ConfigError("reconstruction importance needs channel scores from calibration images: pass "
+                              "importance=ReconstructionImportance(...) (edgetl prune does)")
         self.model = model
         self.settings = settings
         self.ignored = resolve_ignored(model, heads, settings.ignored)
+        self.kept_outputs: dict[str, list[int]] = {}
+        """Module name -> the original index of each output channel it still has (modules that lost some)."""
         modules = dict(model.named_modules())
         args = as_forward_args(example_inputs)
         pruner_cls = getattr(tp.pruner, "BasePruner", None) or tp.pruner.MetaPruner
         with _graph_context(model):
             try:
                 self._pruner = pruner_cls(
-                    model, args, make_importance(tp, settings.importance),
+                    model, args, importance or make_importance(tp, settings.importance),
                     pruning_ratio=settings.ratio, global_pruning=settings.global_pruning,
                     iterative_steps=settings.iterative_steps, round_to=settings.effective_round_to,
                     ignored_layers=[modules[name] for name in self.ignored],
@@ -162,11 +169,24 @@ class StructuredPruner:
     def _prune_step(self) -> None:
         number = self.steps_done + 1
         try:
-            self._pruner.step()
+            for group in self._pruner.step(interactive=True):
+                self._record(group)
+                group.prune()
         except EdgetlError:
             raise
         except Exception as exc:
             raise ModelError(failure_message(self.model, exc, f"run pruning step {number} on")) from exc
+
+    def _record(self, group: Any) -> None:
+        """Update :attr:`kept_outputs` with the output channels ``group`` removes."""
+        graph, names = self._pruner.DG, {id(m): n for n, m in self.model.named_modules()}
+        for dep, idxs in group:
+            name = names.get(id(dep.target.module))
+            if name is None or not graph.is_out_channel_pruning_fn(dep.handler):
+                continue
+            removed = {int(getattr(i, "idx", i)) for i in idxs}
+            current = self.kept_outputs.get(name) or list(range(_out_channels(dep.target.module)))
+            self.kept_outputs[name] = [c for i, c in enumerate(current) if i not in removed]
 
     def _backward(self, loss_fn: Callable[[Any], Any]) -> None:
         import torch
@@ -197,6 +217,28 @@ def prune_model(model: Any, example_inputs: Any, settings: PruneSettings, heads:
     return {"macs_before": before["macs_flop_counter"], "macs_after": after["macs_flop_counter"],
             "params_before": before["params"], "params_after": after["params"],
             "macs_tp_before": before["macs"], "macs_tp_after": after["macs"]}
+
+
+def kept_modules(model: Any, patterns: tuple[str, ...]) -> tuple[str, ...]:
+    """Module names matching ``patterns`` (exact names or fnmatch patterns); a pattern that matches nothing is a
+    ConfigError naming close module names."""
+    import fnmatch
+
+    names = [n for n, m in model.named_modules() if n and any(True for _ in m.parameters(recurse=False))]
+    kept: list[str] = []
+    for pattern in patterns:
+        found = [n for n in names if n == pattern or fnmatch.fnmatchcase(n, pattern)]
+        if not found:
+            raise ConfigError(f"--keep {pattern!r} matches no module with weights.{did_you_mean(pattern, names)}")
+        kept += [n for n in found if n not in kept]
+    return tuple(kept)
+
+
+def _out_channels(module: Any) -> int:
+    for attr in ("out_channels", "out_features", "num_features", "num_parameters"):
+        if isinstance(getattr(module, attr, None), int):
+            return getattr(module, attr)
+    return int(module.weight.shape[0])
 
 
 # -- helpers -----------------------------------------------------------------------------------------------
