@@ -15,11 +15,13 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .compress.prune.structured import kept_modules
 from .errors import ConfigError, RunFolderError
 
 log = logging.getLogger(__name__)
 STAGE = "prune"
-IMPORTANCES = ("magnitude", "taylor", "lamp")
+IMPORTANCES = ("magnitude", "taylor", "lamp", "reconstruction")
+SCOPES = ("all", "inputs")
 
 
 @dataclass
@@ -36,8 +38,10 @@ class PruneConfig:
     """Target profile whose runtime measures --target-latency."""
     step_ratio: float = 0.15
     """With --target-macs: channel ratio removed per step (of what is left)."""
-    importance: str = "magnitude"
-    """Channel importance: magnitude (L2 of weights), taylor (weight x gradient on training images) or lamp."""
+    importance: str = "reconstruction"
+    """Channel importance: reconstruction (drop the channels the consuming layer can best do without once
+    re-solved by least squares; needs no labels), magnitude (L2 of weights), taylor (weight x gradient on a
+    training batch) or lamp."""
     global_pruning: bool = False
     """Rank channels across layers (uneven ratios) instead of the same ratio in every layer."""
     round_to: int | None = 16
@@ -63,6 +67,13 @@ class PruneConfig:
     reconstruct: bool = True
     """Re-solve the layers that lost input channels but kept their outputs (least squares on the training
     images, no labels, no training) before recovery; otherwise only BatchNorm statistics are re-estimated."""
+    reconstruct_scope: str = "inputs"
+    """Layers the least squares re-solves: inputs (those that lost input channels and kept their outputs) or
+    all (every conv / linear layer after the first pruned one, at the channels it kept; depthwise convs
+    channel by channel: closer to the parent's features, about 3x slower)."""
+    calibration_views: int = 1
+    """Views of each training image the least squares fits on: the image as evaluated, then random crops and
+    flips (at most 1000 images in all)."""
     sparsity_2_4: bool = False
     """Also make weights 2:4 semi-structured sparse (TensorRT sparse kernels on Ampere/Orin), kept during recovery."""
     output: str | None = None
@@ -92,6 +103,10 @@ class PruneConfig:
             raise ConfigError("--epochs and --step-epochs cannot be negative")
         if self.temperature <= 0 or not 0 <= self.alpha <= 1:
             raise ConfigError(f"--temperature must be > 0 and --alpha in [0, 1], got {self.temperature}, {self.alpha}")
+        if self.reconstruct_scope not in SCOPES:
+            raise ConfigError(f"--reconstruct-scope must be one of {', '.join(SCOPES)}, not {self.reconstruct_scope!r}")
+        if self.calibration_views < 1:
+            raise ConfigError(f"--calibration-views must be at least 1, got {self.calibration_views}")
         if self.round_to is not None and self.round_to < 1:
             raise ConfigError(f"--round-to must be at least 1, got {self.round_to}")
         self.keep = tuple(self.keep or ())
@@ -185,6 +200,9 @@ class _Job:
     report: dict[str, Any] = field(default_factory=dict)
     repair: dict[str, Any] = field(default_factory=dict)
     """How the last pruning step was repaired before training: least squares or BatchNorm statistics."""
+    kept: dict[str, list[int]] = field(default_factory=dict)
+    """Module name -> the parent's index of each output channel the student kept (all steps so far)."""
+    calibration: list[Any] | None = None
 
     @classmethod
     def load(cls, parent_dir: Path, config: PruneConfig) -> _Job:
@@ -256,7 +274,7 @@ class _Job:
 
     def _prune_steps(self, heads: list[str], before: dict[str, Any]) -> list[dict[str, Any]]:
         """One step at ``ratio``, or steps of ``step_ratio`` with short recoveries until ``target_macs``."""
-        from .compress.prune import PruneSettings, StructuredPruner, count_macs
+        from .compress.prune import PruneSettings, count_macs
 
         cfg = self.config
         settings = PruneSettings(ratio=cfg.ratio or cfg.step_ratio, importance=cfg.importance,
@@ -264,7 +282,7 @@ class _Job:
                                  ignored=kept_modules(self.student, cfg.keep))
         loss_fn = self._taylor_loss() if cfg.importance == "taylor" else None
         if cfg.ratio is not None:
-            StructuredPruner(self.student, self.example, settings, heads).step(loss_fn)
+            self._step(settings, heads, loss_fn)
             return [{"step": 1, "ratio": cfg.ratio, "macs": _macs(count_macs(self.student, self.example))}]
         latency = self._latency if cfg.target_latency else None
         goal = parse_ms(cfg.target_latency) if latency else parse_macs(cfg.target_macs)
@@ -273,7 +291,7 @@ class _Job:
         while value > goal:
             log.info("step %d: removing %.0f%% of the remaining channels (now %.3fG MACs%s)", len(steps) + 1,
                      100 * cfg.step_ratio, macs / 1e9, f", {value:.3f} ms" if latency else "")
-            StructuredPruner(self.student, self.example, settings, heads).step(loss_fn)
+            self._step(settings, heads, loss_fn)
             now = _macs(count_macs(self.student, self.example))
             if now >= macs * 0.995:  # nothing left to remove without taking out whole layers
                 reached = f"{value:.3f} ms on {cfg.target}" if latency else f"{now / 1e9:.3f}G MACs"
@@ -289,6 +307,28 @@ class _Job:
             log.info("step %d: %.3fG MACs%s, val top-1 %.2f%%", len(steps), macs / 1e9,
                      f", {value:.3f} ms on {cfg.target}" if latency else "", 100 * steps[-1]["val_top1"])
         return steps
+
+    def _step(self, settings: Any, heads: list[str], loss_fn: Any) -> None:
+        """One pruning step; the kept channels are recorded for the least squares."""
+        from .compress.prune import StructuredPruner
+        from .compress.prune.repair import compose_kept, reconstruction_importance
+
+        importance = (reconstruction_importance(self.student, self._calibration())
+                      if settings.importance == "reconstruction" else None)
+        pruner = StructuredPruner(self.student, self.example, settings, heads, importance=importance)
+        pruner.step(loss_fn)
+        self.kept = compose_kept(self.kept, pruner.kept_outputs)
+
+    def _calibration(self) -> list[Any]:
+        """The calibration batches (built once): ``calibration_views`` views of every training image."""
+        from .compress.prune.repair import calibration_batches
+        from .preprocessing import PreprocessSpec
+
+        if self.calibration is None:
+            self.calibration = calibration_batches(
+                self.splits.train, PreprocessSpec.from_dict(self.parent.preprocessing), self.config.calibration_views,
+                self.recovery.batch_size, seed=self.config.seed)
+        return self.calibration
 
     def _latency(self) -> float:
         """Batch-1 p50 of the student built for ``config.target`` by its own toolchain (default precision;
@@ -351,43 +391,24 @@ class _Job:
         return correct / max(seen, 1)
 
     def _repair(self) -> None:
-        """Right after a pruning step: re-solve the layers whose outputs were kept (see
-        :mod:`~edgetl.compress.prune.reconstruct`), or, when there are none (or ``reconstruct`` is off),
+        """Right after a pruning step: re-solve the layers by least squares (see
+        :mod:`~edgetl.compress.prune.reconstruct`), or, when none qualifies (or ``reconstruct`` is off),
         re-estimate BatchNorm statistics. The first keeps the teacher's statistics, which its classifier was
         trained with; re-estimating them on a few hundred images would move every feature."""
         from .compress.prune import reconstruct_layers, reconstructable_layers
+        from .compress.prune.reconstruct import plan_layers
+        from .compress.prune.repair import recalibrate_bn
 
-        if self.config.reconstruct and reconstructable_layers(self.student, self.teacher):
-            def batches() -> Any:
-                return (images for images, _ in self._loader(train=False, samples=self.splits.train))
-
-            self.repair = {"method": "least squares", **reconstruct_layers(self.student, self.teacher, batches,
-                                                                          progress=log.info)}
+        cfg, heads = self.config, list(self.parent.model["head"])
+        if cfg.reconstruct and (reconstructable_layers(self.student, self.teacher) or plan_layers(
+                self.student, self.teacher, scope=cfg.reconstruct_scope, kept_outputs=self.kept, skip=heads)):
+            batches = self._calibration()
+            report = reconstruct_layers(self.student, self.teacher, lambda: iter(batches), scope=cfg.reconstruct_scope,
+                                        kept_outputs=self.kept, skip=heads, progress=log.info)
+            self.repair = {"method": "least squares", "images": sum(len(b) for b in batches), **report}
         else:
-            self._recalibrate_bn()
+            recalibrate_bn(self.student, (images for images, _ in self._loader(train=False, samples=self.splits.train)))
             self.repair = {"method": "BatchNorm statistics"}
-
-    def _recalibrate_bn(self) -> None:
-        """Re-estimate BatchNorm statistics on the training images (eval transform): removing input channels
-        shifts every later layer's activations, and stale running statistics cost more accuracy than the
-        pruning itself (one forward pass, no gradients)."""
-        import torch
-        import torch.nn as nn
-
-        norms = [m for m in self.student.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-        if not norms:
-            return
-        saved = [(m, m.momentum) for m in norms]
-        for m in norms:
-            m.reset_running_stats()
-            m.momentum = None  # a cumulative average over the whole pass
-        self.student.train()
-        with torch.no_grad():
-            for images, _ in self._loader(train=False, samples=self.splits.train):
-                self.student(images)
-        for m, momentum in saved:
-            m.momentum = momentum
-        self.student.eval()
 
     def _taylor_loss(self) -> Any:
         import torch.nn.functional as F
@@ -419,23 +440,6 @@ class _Job:
                 optimizer.step()
                 total, seen = total + value.item() * len(targets), seen + len(targets)
             log.info("  recovery epoch %d/%d: distillation loss %.3f", epoch + 1, epochs, total / max(seen, 1))
-
-
-def kept_modules(model: Any, patterns: tuple[str, ...]) -> tuple[str, ...]:
-    """Module names matching ``patterns`` (exact names or fnmatch patterns); a pattern that matches nothing is a
-    ConfigError naming close module names."""
-    import fnmatch
-
-    from .errors import did_you_mean
-
-    names = [n for n, m in model.named_modules() if n and any(True for _ in m.parameters(recurse=False))]
-    kept: list[str] = []
-    for pattern in patterns:
-        found = [n for n in names if n == pattern or fnmatch.fnmatchcase(n, pattern)]
-        if not found:
-            raise ConfigError(f"--keep {pattern!r} matches no module with weights.{did_you_mean(pattern, names)}")
-        kept += [n for n in found if n not in kept]
-    return tuple(kept)
 
 
 def resume_recovery(manifest: Any, bundle: Any, config: Any) -> Any:

@@ -41,9 +41,13 @@ def test_child_run_records_its_parent_and_the_report(parent, child):
     report = data["stages"]["prune"]["metrics"]
     assert data["stages"]["prune"]["status"] == "complete" and data["stages"]["finetune"]["status"] == "complete"
     assert report["macs_after"] < 0.8 * report["macs_before"] and report["params_after"] < report["params_before"]
-    # uniform pruning keeps only the classifier's outputs: it is the one layer re-solved by least squares
-    assert report["repair"]["method"] == "least squares" and list(report["repair"]["errors"]) == ["classifier"]
-    assert report["repair"]["errors"]["classifier"]["after"] <= report["repair"]["errors"]["classifier"]["before"]
+    # channels chosen by reconstruction error (the default); uniform pruning keeps only the classifier's
+    # outputs: it is the one layer that lost inputs, the one re-solved by least squares (default scope)
+    assert data["stages"]["prune"]["options"]["importance"] == "reconstruction"
+    repair = report["repair"]
+    assert repair["method"] == "least squares" and repair["scope"] == "inputs" and list(repair["errors"]) == ["classifier"]
+    assert repair["errors"]["classifier"]["after"] <= repair["errors"]["classifier"]["before"]
+    assert repair["images"] == len(json.loads((parent / "split.json").read_text())["train"]["files"])
     assert 0 <= report["top1_pruned"] <= 1 and 0 <= report["top1_repaired"] <= 1
     assert report["top1_recovered"] == data["stages"]["finetune"]["metrics"]["top1"]
     assert report["checkpoint_bytes_after"] < report["checkpoint_bytes_before"]
@@ -109,9 +113,23 @@ def test_pruning_a_pruned_run_keeps_both_parents(child):
     assert finetune["best_epoch"] == 0 and result.metrics["top1_recovered"] == result.metrics["top1_repaired"]
 
 
+def test_scope_all_re_solves_every_layer_on_augmented_views(parent, child, tmp_path):
+    result = prune(parent, PruneConfig(ratio=0.4, epochs=1, workers=0, round_to=8, importance="magnitude",
+                                       reconstruct_scope="all", calibration_views=2, output=str(tmp_path / "all")),
+                   progress=False)
+    repair, inputs = result.metrics["repair"], _manifest(child)["stages"]["prune"]["metrics"]["repair"]
+    assert result.metrics["macs_after"] == _manifest(child)["stages"]["prune"]["metrics"]["macs_after"]
+    assert repair["scope"] == "all" and repair["images"] == 2 * inputs["images"]
+    # every layer after the first pruned one (the stem), the pruner's record saying which channels each kept
+    assert list(repair["errors"])[0] == "conv_stem" and list(repair["errors"])[-1] == "classifier"
+    assert "blocks.1.0.conv_dw" in repair["errors"] and len(repair["errors"]) > 30
+    assert all(e["after"] <= e["before"] + 1e-3 for e in repair["errors"].values()), repair["errors"]
+
+
 def test_bad_requests(parent, tmp_path):
     for bad in ({"ratio": 0.0}, {"ratio": 1.0}, {"ratio": 1.5}, {"ratio": 0.3, "target_macs": "1G"},
-                {"target_macs": "lots"}, {"importance": "random"}, {"alpha": 2.0}):
+                {"target_macs": "lots"}, {"importance": "random"}, {"alpha": 2.0},
+                {"reconstruct_scope": "some"}, {"calibration_views": 0}):
         with pytest.raises(ConfigError):
             PruneConfig(**bad)
     assert parse_macs("0.2G") == 2e8 and parse_macs("150M") == 1.5e8
