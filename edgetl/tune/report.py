@@ -121,7 +121,8 @@ def _importances(study: Any, n_complete: int, config: TuneConfig) -> dict[str, f
     import optuna
 
     try:
-        target = (lambda t: t.values[0]) if config.multi_objective else None
+        # of top-1; a target is taken as minimised (Optuna's PED-ANOVA evaluator): negate the accuracy
+        target = (lambda t: -t.values[0]) if config.multi_objective else None
         return optuna.importance.get_param_importances(study, target=target)
     except Exception as exc:  # e.g. every complete trial sampled the same values
         log.info("parameter importances not computed: %s", exc)
