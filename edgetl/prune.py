@@ -50,8 +50,8 @@ class PruneConfig:
     """Modules kept whole besides the classifier: names or patterns (``conv_stem``, ``blocks.*.*.conv_pwl``
     keeps an inverted-residual network's residual width and prunes only its expanded channels)."""
     epochs: int = 20
-    """Recovery fine-tuning epochs after the last pruning step (0: keep the repaired model); the repaired model
-    is epoch 0, so recovery keeps it unless an epoch beats it on val."""
+    """Recovery fine-tuning epochs after the last pruning step (at least 1); the repaired model is epoch 0,
+    so recovery keeps it unless an epoch beats it on val."""
     step_epochs: int = 2
     """Recovery epochs between pruning steps (iterative mode)."""
     lr: float = 0.001
@@ -99,8 +99,8 @@ class PruneConfig:
             parse_macs(self.target_macs)
         if self.importance not in IMPORTANCES:
             raise ConfigError(f"--importance must be one of {', '.join(IMPORTANCES)}, not {self.importance!r}")
-        if self.epochs < 0 or self.step_epochs < 0:
-            raise ConfigError("--epochs and --step-epochs cannot be negative")
+        if self.epochs < 1 or self.step_epochs < 0:
+            raise ConfigError("--epochs must be at least 1 and --step-epochs cannot be negative")
         if self.temperature <= 0 or not 0 <= self.alpha <= 1:
             raise ConfigError(f"--temperature must be > 0 and --alpha in [0, 1], got {self.temperature}, {self.alpha}")
         if self.reconstruct_scope not in SCOPES:

@@ -129,7 +129,7 @@ def test_scope_all_re_solves_every_layer_on_augmented_views(parent, child, tmp_p
 def test_bad_requests(parent, tmp_path):
     for bad in ({"ratio": 0.0}, {"ratio": 1.0}, {"ratio": 1.5}, {"ratio": 0.3, "target_macs": "1G"},
                 {"target_macs": "lots"}, {"importance": "random"}, {"alpha": 2.0},
-                {"reconstruct_scope": "some"}, {"calibration_views": 0}):
+                {"reconstruct_scope": "some"}, {"calibration_views": 0}, {"ratio": 0.3, "epochs": 0}):
         with pytest.raises(ConfigError):
             PruneConfig(**bad)
     assert parse_macs("0.2G") == 2e8 and parse_macs("150M") == 1.5e8
