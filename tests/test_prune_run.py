@@ -51,7 +51,10 @@ def test_child_run_records_its_parent_and_the_report(parent, child):
     assert 0 <= report["top1_pruned"] <= 1 and 0 <= report["top1_repaired"] <= 1
     assert report["top1_recovered"] == data["stages"]["finetune"]["metrics"]["top1"]
     assert report["checkpoint_bytes_after"] < report["checkpoint_bytes_before"]
-    assert report["macs_torch_pruning_after"] and report["macs_counters_agree"] in (True, False)
+    # the two counters agree within 2 %, or the report says why they differ (never neither, never both)
+    assert report["macs_torch_pruning_after"] > 0
+    assert report["macs_counters_agree"] == (report["macs_counters_note"] is None)
+    assert report["macs_counters_agree"] or len(report["macs_counters_note"]) > 20
     # the second counter sees the same pruning (within a few points of the standard count's reduction)
     tp_reduction = 1 - report["macs_torch_pruning_after"] / report["macs_torch_pruning_before"]
     assert abs(tp_reduction - report["macs_reduction"]) < 0.05
