@@ -366,90 +366,6 @@ def status(run: Path | None, as_json: bool) -> None:
         sys.exit(4)
 
 
-def _prune_options(command):
-    from .config import Opt, options_from
-    from .prune import IMPORTANCES, PruneConfig
-
-    return options_from(PruneConfig, custom={
-        "ratio": Opt(type=click.FloatRange(0, 1, min_open=True, max_open=True)),
-        "importance": Opt(type=click.Choice(IMPORTANCES)),
-        "keep": Opt(multiple=True, help="Module name kept whole, besides the classifier (repeatable)."),
-        "output": Opt(decls=("-o", "--output"), type=click.Path(path_type=Path)),
-        "round_to": Opt(type=click.IntRange(min=1)),
-        "patience": Opt(type=click.IntRange(min=0), to_field=lambda v: v or None),
-    })(command)
-
-
-@cli.command()
-@click.argument("run", type=click.Path(path_type=Path), required=False)
-@click.option("--overwrite", is_flag=True, help="Replace an existing pruned run folder at --output.")
-@handle_errors
-@_prune_options
-def prune(run, overwrite, values, given) -> None:
-    """Remove whole channels from RUN's model, then recover it by distillation: a new run whose parent is RUN.
-
-    RUN defaults to the latest run under ./runs. The pruned run is an ordinary run: export it, build
-    it for any target, and bench it beside its parent (edgetl bench PARENT CHILD).
-    """
-    from .config import build
-    from .prune import PruneConfig
-    from .prune import prune as prune_run
-
-    run = _run_or_latest(run)
-    result = prune_run(run, build(PruneConfig, values), overwrite=overwrite)
-    m = result.metrics
-    click.echo(f"{result.run_dir}: {100 * m['macs_reduction']:.1f}% fewer MACs ({m['macs_before'] / 1e9:.3f}G -> "
-               f"{m['macs_after'] / 1e9:.3f}G), params {m['params_before'] / 1e6:.2f}M -> {m['params_after'] / 1e6:.2f}M, "
-               f"val top-1 {100 * m['top1_parent']:.2f}% -> {100 * m['top1_pruned']:.2f}% pruned -> "
-               f"{100 * m['top1_repaired']:.2f}% after {m['repair']['method']} -> "
-               f"{100 * m['top1_recovered']:.2f}% recovered (parent {result.parent})")
-
-
-def _tune_options(command):
-    from .config import Opt, options_from
-    from .tune.config import OBJECTIVES, PRUNERS, SAMPLERS, TuneConfig
-
-    return options_from(TuneConfig, skip=("data",), custom={
-        "trials": Opt(type=click.IntRange(min=1)),
-        "timeout": Opt(type=click.FloatRange(min=0, min_open=True)),
-        "space": Opt(type=click.Path(path_type=Path, dir_okay=False)),
-        "output": Opt(("-o", "--output"), type=click.Path(path_type=Path)),
-        "sampler": Opt(type=click.Choice(SAMPLERS)),
-        "pruner": Opt(type=click.Choice(PRUNERS)),
-        "objective": Opt(type=click.Choice(OBJECTIVES)),
-        "workers": Opt(type=click.IntRange(min=1)),
-        "threads": Opt(type=click.IntRange(min=1)),
-    })(command)
-
-
-@cli.command()
-@click.argument("data", type=click.Path(path_type=Path), required=False)
-@handle_errors
-@_tune_options
-def tune(data, values, given) -> None:
-    """Search fine-tuning options on DATA with Optuna; each trial is a run under STUDY_DIR/trials/.
-
-    Rerunning the same command resumes the study (finished trials count toward --trials). Writes
-    best.yaml (edgetl finetune --config best.yaml), report.html and trials.json; browse the storage
-    with optuna-dashboard (see docs/tune.md). Needs pip install 'edgetl[tune]'.
-    """
-    from .config import build
-    from .tune.config import TuneConfig
-    from .tune.report import format_table
-    from .tune.study import tune as run_tune
-
-    data = data or values.get("data")
-    if data is None:
-        raise click.UsageError("DATA is required (or data: in --config)")
-    result = run_tune(build(TuneConfig, values, data=str(data)))
-    click.echo(format_table(result.trials, multi=values.get("objective") == "top1+latency"))
-    for message in result.warnings:
-        click.echo(f"warning: {message}", err=True)
-    if result.best is not None:
-        click.echo(f"best: trial {result.best['number']} val top-1 {100 * result.best['values'][0]:.2f}%  "
-                   f"-> {result.best_config}")
-    click.echo(f"report: {result.report}  storage: {result.storage}")
-
 def _compile_options(command):
     from .config import Opt, options_from
     from .toolchains.trt_settings import CompileConfig
@@ -507,7 +423,7 @@ def targets(as_json: bool) -> None:
         click.echo(f"{p.name:<{width}}  {p.toolchain:<8}  {precisions:<14}  {p.description}")
 
 
-from . import cli_bundles  # noqa: E402,F401  (registers `package` and `predict` on cli)
+from . import cli_bundles, cli_prune_tune  # noqa: E402,F401  (register package, predict, prune and tune on cli)
 
 
 def _command_wall_s() -> float:
