@@ -15,13 +15,13 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .compress.prune.structured import kept_modules
+from .compress.prune.reconstruct import SCOPES
+from .compress.prune.structured import PruneSettings, kept_modules
 from .errors import ConfigError, RunFolderError
 
 log = logging.getLogger(__name__)
 STAGE = "prune"
-IMPORTANCES = ("magnitude", "taylor", "lamp", "reconstruction")
-SCOPES = ("all", "inputs")
+IMPORTANCES = PruneSettings.importances
 
 
 @dataclass

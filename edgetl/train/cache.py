@@ -45,10 +45,11 @@ class SharedCache:
         self._splits[key] = value = load()
         return value
 
-    def features(self, model: Any, heads: list[str], preprocess: dict[str, Any], samples: list[tuple[Path, int]],
+    def features(self, backbone: str, preprocess: dict[str, Any], samples: list[tuple[Path, int]],
                  compute: Callable[[], Features]) -> Features:
-        """``compute()``'s features of ``samples`` under this backbone, from the cache when they are there."""
-        key = feature_key(model, heads, preprocess, samples)
+        """``compute()``'s features of ``samples`` under the backbone whose :func:`backbone_digest` is
+        ``backbone``, from the cache when they are there."""
+        key = feature_key(backbone, preprocess, samples)
         found = self._features.get(key) or self._load(key, len(samples))
         if found is not None:
             self.hits["features"] += 1
@@ -101,8 +102,8 @@ class SharedCache:
                                "shape": list(value[0].shape)})
 
 
-def feature_key(model: Any, heads: list[str], preprocess: dict[str, Any], samples: list[tuple[Path, int]]) -> str:
-    """Digest of the backbone's tensors (all but ``heads``), the preprocessing and the image list."""
+def backbone_digest(model: Any, heads: list[str]) -> str:
+    """Digest of the model's tensors outside ``heads`` (hash it once: it reads every weight)."""
     import torch
 
     digest = hashlib.sha256()
@@ -113,6 +114,12 @@ def feature_key(model: Any, heads: list[str], preprocess: dict[str, Any], sample
         digest.update(name.encode())
         digest.update(str(tensor.dtype).encode())
         digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+def feature_key(backbone: str, preprocess: dict[str, Any], samples: list[tuple[Path, int]]) -> str:
+    """Digest of the backbone's digest, the preprocessing and the image list."""
+    digest = hashlib.sha256(backbone.encode())
     digest.update(json.dumps(preprocess, sort_keys=True, default=str).encode())
     for path, label in samples:
         stat = Path(path).stat()

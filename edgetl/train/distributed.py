@@ -127,7 +127,7 @@ class Dist:
             for tensor in (list(module.parameters()) if parameters else []) + list(module.buffers()):
                 dist.broadcast(tensor.data, src=0)
 
-    def wrap(self, model, sync_bn: bool = False):
+    def wrap(self, model):
         """``model`` under DistributedDataParallel over the parameters that train now (rebuild on unfreezing)."""
         if not self.active:
             return model

@@ -23,7 +23,7 @@ from ..run.split import SPLIT_NAME
 from ..run.stage import failure_reason
 from . import distributed
 from .losses import ClassificationLoss
-from .cache import SharedCache
+from .cache import SharedCache, backbone_digest
 from .schedules import warmup_cosine
 from .strategies import Unfreezer, layer_groups, make_optimizer
 
@@ -62,6 +62,7 @@ class Trainer:
         self.start_is_candidate = start_is_candidate
         self.progress, self.staging = progress, staging
         self.cache = cache  # features of the frozen backbone, shared with other runs of a search
+        self._backbone: str | None = None  # its digest, the cache's key
         self.dist = distributed.current()
         self.is_main = self.dist.is_main
         self.should_stop = False
@@ -190,7 +191,9 @@ class Trainer:
         shared cache of a search when another run computed them for the same backbone and images."""
         if self.cache is None or self.dist.active:
             return self._compute_features(loader, progress, label)
-        return self.cache.features(self.model, self.bundle.head, self.bundle.preprocess.to_dict(),
+        if self._backbone is None:  # every feature pass comes before training: the backbone is as built
+            self._backbone = backbone_digest(self.model, self.bundle.head)
+        return self.cache.features(self._backbone, self.bundle.preprocess.to_dict(),
                                    list(loader.dataset.samples), lambda: self._compute_features(loader, progress, label))
 
     def _compute_features(self, loader, progress, label: str):
@@ -437,13 +440,6 @@ class EarlyStopping:
         if trainer.bad_epochs >= self.patience:
             log.info("early stopping: no improvement for %d epochs", self.patience)
             trainer.should_stop = True
-
-
-def _is_main_process() -> bool:
-    """Rank 0 of a torch.distributed job, or the only process."""
-    import torch.distributed as dist
-
-    return not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0
 
 
 def _as_tuple(value: Any) -> Any:

@@ -10,7 +10,6 @@ before the first trial: run the study on the device.
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 from ..errors import ConfigError, TargetError
@@ -31,7 +30,6 @@ def check_latency_target(target: str, precision: str | None) -> str:
 
 def target_latency_ms(run_dir: str | Path, target: str, precision: str | None) -> float:
     """Batch-1 p50 (ms) of the run built for ``target``, timed by edgetl bench with the target's runtime."""
-    from ..bench import BenchConfig, benchmark
     from ..build import TargetBuildConfig, build_target
     from ..export import ExportConfig, export_onnx
     from ..profiles import load_target
@@ -46,33 +44,26 @@ def target_latency_ms(run_dir: str | Path, target: str, precision: str | None) -
         from ..toolchains.trt_settings import CompileConfig
 
         artifact = compile_engine(run_dir, CompileConfig(target=target, precision=precision)).engine
+    return bench_p50_ms(artifact, run_dir, target)
+
+
+def bench_p50_ms(artifact: Path, run_dir: Path, where: str) -> float:
+    """Batch-1 ``p50_stable_ms`` of ``artifact`` by edgetl bench's measuring code (report kept in RUN/bench)."""
+    from ..bench import BenchConfig, benchmark
+
     config = BenchConfig(rounds=3, iterations=20, round_time_s=1.0, accuracy=False, memory=False, true_fp32=False,
-                         output=str(run_dir / "bench"))
+                         limit=8, output=str(run_dir / "bench"))
     report = benchmark(artifact, config, progress=False)
     for row in report.results:
         if row["status"] == "ok" and row["latency"]:
             return round(float(row["latency"][0]["p50_stable_ms"]), 3)
     reasons = "; ".join(str(r.get("reason")) for r in report.results)
-    raise TargetError(f"{artifact} could not be timed on {target}: {reasons}")
+    raise TargetError(f"{artifact} could not be timed on {where}: {reasons}")
 
 
-def onnx_latency_ms(run_dir: str | Path, runs: int = 30) -> float:
-    """Median latency (ms, batch 1) of the run's float ONNX model on CPU under onnxruntime (exported here)."""
-    import numpy as np
-    import onnxruntime as ort
-
+def onnx_latency_ms(run_dir: str | Path) -> float:
+    """Batch-1 latency (ms) of the run's float ONNX model under onnxruntime on this CPU (exported here)."""
     from ..export import ExportConfig, export_onnx
 
     path = export_onnx(run_dir, ExportConfig(parity_images=16)).path
-    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    meta = session.get_inputs()[0]
-    size = [d if isinstance(d, int) else 1 for d in meta.shape]
-    x = np.random.default_rng(0).standard_normal(size).astype(np.float32)
-    for _ in range(3):
-        session.run(None, {meta.name: x})
-    times = []
-    for _ in range(runs):
-        start = time.perf_counter()
-        session.run(None, {meta.name: x})
-        times.append(1000 * (time.perf_counter() - start))
-    return round(float(np.median(times)), 3)
+    return bench_p50_ms(Path(path), Path(run_dir), "onnxruntime on this CPU")

@@ -109,7 +109,7 @@ class Objective:
         return finetune(config, progress=False, callbacks=callbacks, cache=self.cache)
 
 
-def finetune_options(study_dir: Path, params: dict[str, Any], fixed: dict[str, Any], data: str) -> dict[str, Any]:
+def finetune_options(params: dict[str, Any], fixed: dict[str, Any], data: str) -> dict[str, Any]:
     """The full option set of a trial, as ``edgetl finetune --config`` reads it (no output folder)."""
     from ..finetune import FinetuneConfig
 

@@ -84,7 +84,7 @@ def write_best(study_dir: Path, config: TuneConfig, space: SearchSpace, best: di
     from .._io import write_text
     from .objective import finetune_options
 
-    options = finetune_options(study_dir, best["params"], space.fixed, config.data)
+    options = finetune_options(best["params"], space.fixed, config.data)
     header = (f"# best trial {best['number']} of study {study_dir.name}: val top-1 {100 * best['values'][0]:.2f}%\n"
               f"# retrain: edgetl finetune --config {study_dir / BEST_NAME} -o RUN\n")
     return write_text(study_dir / BEST_NAME, header + yaml.safe_dump(options, sort_keys=False))

@@ -8,7 +8,6 @@ URL each hold their own lock, so they may overshoot by at most one trial per ext
 from __future__ import annotations
 
 import logging
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -179,7 +178,9 @@ def _run_workers(config: TuneConfig, url: str, salt: int = 0) -> None:
     """``config.workers`` processes on this machine, each running trials until the total is reached."""
     import multiprocessing
 
-    cores = os.cpu_count() or 1
+    from ..train.distributed import usable_cores
+
+    cores = usable_cores()
     threads = config.threads or max(1, cores // config.workers)
     ctx = multiprocessing.get_context("spawn")
     procs = [ctx.Process(target=worker_main, args=(config.to_dict(), url, threads, salt + 1000 * (i + 1)),

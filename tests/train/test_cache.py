@@ -9,7 +9,7 @@ import pytest
 import torch
 import torch.nn as nn
 
-from edgetl.train.cache import SharedCache, feature_key
+from edgetl.train.cache import SharedCache, backbone_digest, feature_key
 
 SPEC = {"input_size": 32, "resize_size": 36}
 
@@ -31,21 +31,21 @@ def _samples(tmp_path: Path, n: int = 3) -> list[tuple[Path, int]]:
 def test_key_follows_backbone_preprocessing_and_images_not_the_head(tmp_path):
     samples = _samples(tmp_path)
     model = _model()
-    key = feature_key(model, ["3"], SPEC, samples)
-    assert feature_key(_model(), ["3"], SPEC, samples) == key  # same weights, same key
+    key = feature_key(backbone_digest(model, ["3"]), SPEC, samples)
+    assert feature_key(backbone_digest(_model(), ["3"]), SPEC, samples) == key  # same weights, same key
     with torch.no_grad():
         model[3].weight.add_(1.0)  # the new head does not change the backbone's features
-    assert feature_key(model, ["3"], SPEC, samples) == key
+    assert feature_key(backbone_digest(model, ["3"]), SPEC, samples) == key
     with torch.no_grad():
         model[0].weight[0, 0, 0, 0] += 1e-6
-    assert feature_key(model, ["3"], SPEC, samples) != key
-    assert feature_key(_model(seed=1), ["3"], SPEC, samples) != key  # a random init's seed
-    assert feature_key(_model(), ["3"], {**SPEC, "input_size": 64}, samples) != key
-    assert feature_key(_model(), ["3"], SPEC, samples[:2]) != key
-    assert feature_key(_model(), ["3"], SPEC, [(p, 1 - y) for p, y in samples]) != key
+    assert feature_key(backbone_digest(model, ["3"]), SPEC, samples) != key
+    assert feature_key(backbone_digest(_model(seed=1), ["3"]), SPEC, samples) != key  # a random init's seed
+    assert feature_key(backbone_digest(_model(), ["3"]), {**SPEC, "input_size": 64}, samples) != key
+    assert feature_key(backbone_digest(_model(), ["3"]), SPEC, samples[:2]) != key
+    assert feature_key(backbone_digest(_model(), ["3"]), SPEC, [(p, 1 - y) for p, y in samples]) != key
     stat = samples[0][0].stat()
     os.utime(samples[0][0], ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))  # an image replaced in place
-    assert feature_key(_model(), ["3"], SPEC, samples) != key
+    assert feature_key(backbone_digest(_model(), ["3"]), SPEC, samples) != key
 
 
 def test_disk_entries_shared_between_caches_and_checked(tmp_path):
@@ -57,17 +57,17 @@ def test_disk_entries_shared_between_caches_and_checked(tmp_path):
         return torch.arange(6.0).reshape(3, 2), torch.tensor([0, 1, 0])
 
     first = SharedCache(tmp_path / "cache")
-    feats, labels = first.features(_model(), ["3"], SPEC, samples, compute)
-    first.features(_model(), ["3"], SPEC, samples, compute)  # in memory
+    feats, labels = first.features(backbone_digest(_model(), ["3"]), SPEC, samples, compute)
+    first.features(backbone_digest(_model(), ["3"]), SPEC, samples, compute)  # in memory
     second = SharedCache(tmp_path / "cache")  # another worker, or a resumed study
-    again, again_labels = second.features(_model(), ["3"], SPEC, samples, compute)
+    again, again_labels = second.features(backbone_digest(_model(), ["3"]), SPEC, samples, compute)
     assert len(calls) == 1 and torch.equal(again, feats) and torch.equal(again_labels, labels)
     assert first.counts() == {"splits_hits": 0, "features_hits": 1, "splits_misses": 0, "features_misses": 1}
     (entry,) = (tmp_path / "cache").glob("features-*.pt")
     data = bytearray(entry.read_bytes())
     data[len(data) // 2] ^= 0xFF
     entry.write_bytes(bytes(data))  # damaged on disk: not trusted, computed again
-    SharedCache(tmp_path / "cache").features(_model(), ["3"], SPEC, samples, compute)
+    SharedCache(tmp_path / "cache").features(backbone_digest(_model(), ["3"]), SPEC, samples, compute)
     assert len(calls) == 2
 
 

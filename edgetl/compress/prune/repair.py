@@ -17,19 +17,18 @@ def calibration_batches(samples: list, spec: Any, views: int, batch_size: int, s
     as trained on (random resized crop, flip, colour jitter), each view drawn once and kept, so the student
     and the teacher see the same pixels at every pass. More than ``limit`` images in all: fewer views, then
     a seeded subset of the images."""
-    import random
 
     import torch
 
-    from ...data import make_loader
+    from ...data import balanced_sample, make_loader
 
     if views < 1:
         from ...errors import ConfigError
 
         raise ConfigError(f"calibration views must be at least 1, not {views}")
     views = max(1, min(views, limit // max(len(samples), 1)))
-    if len(samples) > limit:
-        samples = random.Random(seed).sample(list(samples), limit)
+    if len(samples) > limit:  # every class keeps its share of the Gram matrices
+        samples = balanced_sample(list(samples), limit, seed)
     batches: list[Any] = []
     with torch.random.fork_rng():  # the random crops do not move the training's random stream
         torch.manual_seed(seed)
