@@ -195,3 +195,14 @@ def test_fewer_val_images_than_processes_is_one_line(tmp_path: Path, monkeypatch
     with pytest.raises(DatasetError, match="2 val image\\(s\\) cannot be shared by 3 processes") as err:
         Trainer(config(tmp_path, tmp_path / "run", nproc=1, batch_size=6), bundle, splits, None, progress=False)
     assert "\n" not in str(err.value)
+
+
+def test_a_worker_error_of_any_edgetl_class_keeps_its_one_line_message():
+    from types import SimpleNamespace
+
+    for cls in ("TargetError", "MissingBackendError", "ConfigError"):
+        failure = SimpleNamespace(exitcode=1, message={"message": f"Traceback (most recent call last):\n{cls}: bad x"})
+        assert distributed.describe_failure(SimpleNamespace(failures={1: failure})) == \
+            "worker rank 1 exited with code 1: bad x"
+    failure = SimpleNamespace(exitcode=1, message={"message": "ValueError: bad x"})  # a bug keeps its type
+    assert distributed.describe_failure(SimpleNamespace(failures={0: failure})).endswith("ValueError: bad x")

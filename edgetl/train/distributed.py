@@ -205,6 +205,18 @@ def _entry(entrypoint: Callable[..., Any], *args: Any) -> Any:
         raise
 
 
+def _error_names() -> set[str]:
+    """EdgetlError and every subclass of it: the errors a worker reports as one line."""
+    from ..errors import EdgetlError
+
+    names, todo = set(), [EdgetlError]
+    while todo:
+        cls = todo.pop()
+        names.add(cls.__name__)
+        todo += cls.__subclasses__()
+    return names
+
+
 def describe_failure(exc) -> str:
     """One line: the first failed rank, its exit code or signal, and its error message when it left one."""
     import signal
@@ -215,8 +227,7 @@ def describe_failure(exc) -> str:
     if isinstance(message, dict):
         message = message.get("message", "")
     message = str(message or "").strip().splitlines()[-1] if message else ""
-    if message.startswith(("EdgetlError", "DatasetError", "ModelError", "ConfigError", "RunFolderError",
-                           "RunBusyError")):
+    if message.split(": ", 1)[0] in _error_names():
         message = message.split(": ", 1)[-1]  # the one-line message the CLI prints for one process
     if failure.exitcode < 0:
         try:

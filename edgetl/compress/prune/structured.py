@@ -169,17 +169,18 @@ class StructuredPruner:
     def _prune_step(self) -> None:
         number = self.steps_done + 1
         try:
+            names = {id(m): n for n, m in self.model.named_modules()}  # before any group changes the model
             for group in self._pruner.step(interactive=True):
-                self._record(group)
+                self._record(group, names)
                 group.prune()
         except EdgetlError:
             raise
         except Exception as exc:
             raise ModelError(failure_message(self.model, exc, f"run pruning step {number} on")) from exc
 
-    def _record(self, group: Any) -> None:
-        """Update :attr:`kept_outputs` with the output channels ``group`` removes."""
-        graph, names = self._pruner.DG, {id(m): n for n, m in self.model.named_modules()}
+    def _record(self, group: Any, names: dict[int, str]) -> None:
+        """Update :attr:`kept_outputs` with the output channels ``group`` removes (``names``: module id -> name)."""
+        graph = self._pruner.DG
         for dep, idxs in group:
             name = names.get(id(dep.target.module))
             if name is None or not graph.is_out_channel_pruning_fn(dep.handler):
