@@ -15,6 +15,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .compress.prune.counting import prune_report, standard_macs
 from .compress.prune.reconstruct import SCOPES
 from .compress.prune.structured import PruneSettings, kept_modules
 from .errors import ConfigError, RunFolderError
@@ -60,6 +61,12 @@ class PruneConfig:
     """Distillation temperature."""
     alpha: float = 0.7
     """Weight of the distillation loss (1 - alpha: cross-entropy on the labels)."""
+    feature_weight: float = 0.0
+    """Weight of feature distillation: the relative squared error of the classifier's input (pre-logit features)
+    against the parent's. A 2-class task's logits carry one number per image; its features carry hundreds."""
+    mixup: float = 0.0
+    """Mix recovery batches (Beta(mixup, mixup) weights; 0: off): the parent labels every mixed image, so a
+    small training set gives new inputs at every epoch."""
     patience: int | None = 6
     """Stop recovery after this many epochs without a better val top-1 (0: never)."""
     batch_size: int | None = None
@@ -103,6 +110,8 @@ class PruneConfig:
             raise ConfigError("--epochs must be at least 1 and --step-epochs cannot be negative")
         if self.temperature <= 0 or not 0 <= self.alpha <= 1:
             raise ConfigError(f"--temperature must be > 0 and --alpha in [0, 1], got {self.temperature}, {self.alpha}")
+        if self.feature_weight < 0 or self.mixup < 0:
+            raise ConfigError(f"--feature-weight and --mixup cannot be negative, got {self.feature_weight}, {self.mixup}")
         if self.reconstruct_scope not in SCOPES:
             raise ConfigError(f"--reconstruct-scope must be one of {', '.join(SCOPES)}, not {self.reconstruct_scope!r}")
         if self.calibration_views < 1:
@@ -201,6 +210,8 @@ class _Job:
     repair: dict[str, Any] = field(default_factory=dict)
     """How the last pruning step was repaired before training: least squares or BatchNorm statistics."""
     kept: dict[str, list[int]] = field(default_factory=dict)
+    kept_inputs: dict[str, list[int]] = field(default_factory=dict)
+    """The same for input channels: which of the parent's features the student's classifier reads."""
     """Module name -> the parent's index of each output channel the student kept (all steps so far)."""
     calibration: list[Any] | None = None
 
@@ -232,7 +243,6 @@ class _Job:
         from .models import ModelBundle
         from .preprocessing import PreprocessSpec
         from .run import create_child
-        from .train.losses import DistillationLoss
         from .train.trainer import Trainer
 
         cfg, heads = self.config, list(self.parent.model["head"])
@@ -243,11 +253,11 @@ class _Job:
             self._repair()
         repaired_top1 = self._top1(self.student)
         log.info("pruned: %.1f%% fewer MACs, val top-1 %.2f%% -> %.2f%% (%.2f%% after %s), before recovery",
-                 100 * (1 - _macs(after) / _macs(before)), 100 * parent_top1, 100 * pruned_top1,
+                 100 * (1 - standard_macs(after) / standard_macs(before)), 100 * parent_top1, 100 * pruned_top1,
                  100 * repaired_top1, self.repair.get("method", "repair"))
         sparsity = self._sparsify(heads) if cfg.sparsity_2_4 else None
         record = {**self.parent.model, "parameters": after["params"],
-                  "pruned": {"parent": str(self.parent.run_dir.resolve()), "macs": _macs(after)}}
+                  "pruned": {"parent": str(self.parent.run_dir.resolve()), "macs": standard_macs(after)}}
         child = create_child(self.parent.run_dir, staging.path, stage=STAGE, model=record)
         child.begin(STAGE, {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(cfg).items()}, self.inputs)
         child.save()
@@ -255,7 +265,9 @@ class _Job:
                              preprocess=PreprocessSpec.from_dict(self.parent.preprocessing), head=heads,
                              pretrained=f"pruned:{self.parent.run_dir.name}", num_classes=len(self.parent.classes),
                              architecture=architecture_record(self.student))
-        loss = DistillationLoss(self.teacher, cfg.temperature, cfg.alpha, self.recovery.label_smoothing)
+        features = self.kept_inputs.get(heads[0])
+        loss = distillation(self.teacher, self.student, heads[0], {**asdict(cfg), "classifier_inputs_kept": features},
+                            self.recovery.label_smoothing)
         trainer = Trainer(self.recovery, bundle, self.splits, child, progress=progress, staging=staging, loss=loss,
                           start_is_candidate=True)
         try:
@@ -266,9 +278,9 @@ class _Job:
 
                 child.fail(STAGE, failure_reason(exc))
             raise
-        self.report = _report(before, after, (parent_top1, pruned_top1, repaired_top1, result.metrics["top1"]),
+        self.report = prune_report(before, after, (parent_top1, pruned_top1, repaired_top1, result.metrics["top1"]),
                               steps, sparsity, trainer.run_dir / "checkpoint.pt", self.parent.run_dir / "checkpoint.pt")
-        self.report["repair"] = self.repair
+        self.report.update(repair=self.repair, classifier_inputs_kept=features)
         child.finish(STAGE, self.report)
         return PruneResult(trainer.run_dir, self.parent.run_dir, self.report)
 
@@ -283,16 +295,16 @@ class _Job:
         loss_fn = self._taylor_loss() if cfg.importance == "taylor" else None
         if cfg.ratio is not None:
             self._step(settings, heads, loss_fn)
-            return [{"step": 1, "ratio": cfg.ratio, "macs": _macs(count_macs(self.student, self.example))}]
+            return [{"step": 1, "ratio": cfg.ratio, "macs": standard_macs(count_macs(self.student, self.example))}]
         latency = self._latency if cfg.target_latency else None
         goal = parse_ms(cfg.target_latency) if latency else parse_macs(cfg.target_macs)
-        steps, macs = [], _macs(before)
+        steps, macs = [], standard_macs(before)
         value = latency() if latency else macs
         while value > goal:
             log.info("step %d: removing %.0f%% of the remaining channels (now %.3fG MACs%s)", len(steps) + 1,
                      100 * cfg.step_ratio, macs / 1e9, f", {value:.3f} ms" if latency else "")
             self._step(settings, heads, loss_fn)
-            now = _macs(count_macs(self.student, self.example))
+            now = standard_macs(count_macs(self.student, self.example))
             if now >= macs * 0.995:  # nothing left to remove without taking out whole layers
                 reached = f"{value:.3f} ms on {cfg.target}" if latency else f"{now / 1e9:.3f}G MACs"
                 asked = f"--target-latency {cfg.target_latency}" if latency else f"--target-macs {cfg.target_macs}"
@@ -318,6 +330,7 @@ class _Job:
         pruner = StructuredPruner(self.student, self.example, settings, heads, importance=importance)
         pruner.step(loss_fn)
         self.kept = compose_kept(self.kept, pruner.kept_outputs)
+        self.kept_inputs = compose_kept(self.kept_inputs, pruner.kept_inputs)
 
     def _calibration(self) -> list[Any]:
         """The calibration batches (built once): ``calibration_views`` views of every training image."""
@@ -420,11 +433,11 @@ class _Job:
         """Short in-memory distillation between pruning steps (no checkpoints; the final recovery writes them)."""
         import torch
 
-        from .train.losses import DistillationLoss
-
         if not epochs:
             return
-        loss = DistillationLoss(self.teacher, self.config.temperature, self.config.alpha)
+        head = self.parent.model["head"][0]
+        loss = distillation(self.teacher, self.student, head,
+                            {**asdict(self.config), "classifier_inputs_kept": self.kept_inputs.get(head)})
         optimizer = torch.optim.AdamW(self.student.parameters(), lr=self.config.lr)
         self.student.train()
         if self.config.reconstruct:  # BatchNorm keeps the teacher's statistics, as in the final recovery
@@ -434,12 +447,14 @@ class _Job:
         for epoch in range(epochs):
             total = seen = 0
             for images, targets in self._loader(train=True):
+                images = loss.prepare(images, targets)
                 _, value = loss(self.student(images), targets, inputs=images)
                 optimizer.zero_grad(set_to_none=True)
                 value.backward()
                 optimizer.step()
                 total, seen = total + value.item() * len(targets), seen + len(targets)
             log.info("  recovery epoch %d/%d: distillation loss %.3f", epoch + 1, epochs, total / max(seen, 1))
+        loss.close()
 
 
 def resume_recovery(manifest: Any, bundle: Any, config: Any) -> Any:
@@ -449,7 +464,6 @@ def resume_recovery(manifest: Any, bundle: Any, config: Any) -> Any:
 
     from .compress.prune import apply_architecture
     from .models import load_run_model
-    from .train.losses import DistillationLoss
 
     checkpoint = manifest.run_dir / "checkpoint.pt"
     if not checkpoint.is_file():
@@ -460,9 +474,20 @@ def resume_recovery(manifest: Any, bundle: Any, config: Any) -> Any:
     parent = Path((manifest.parent or {}).get("run", ""))
     if not (parent / "checkpoint.pt").is_file():
         raise RunFolderError(f"the parent run {parent} of {manifest.run_dir} is gone: recovery distils from it")
-    options = manifest.stage(STAGE)["options"]
+    stage = manifest.stage(STAGE)
     teacher, _ = load_run_model(parent)
-    return DistillationLoss(teacher, options["temperature"], options["alpha"], config.label_smoothing)
+    options = {**stage["options"], "classifier_inputs_kept": (stage.get("metrics") or {}).get("classifier_inputs_kept")}
+    return distillation(teacher, bundle.model, bundle.head[0], options, config.label_smoothing)
+
+
+def distillation(teacher: Any, student: Any, head: str, options: dict[str, Any], label_smoothing: float = 0.0) -> Any:
+    """The recovery loss from the prune options (a resumed recovery passes its recorded ones), with
+    ``classifier_inputs_kept``: the parent's features the student's classifier still reads (None: all)."""
+    from .train.losses import DistillationLoss
+
+    return DistillationLoss(teacher, options["temperature"], options["alpha"], label_smoothing, student=student,
+                            head=head, feature_weight=options.get("feature_weight", 0.0), mixup=options.get("mixup", 0.0),
+                            feature_index=options.get("classifier_inputs_kept"))
 
 
 def update_report(manifest: Any, result: Any) -> None:
@@ -471,29 +496,3 @@ def update_report(manifest: Any, result: Any) -> None:
     top1 = result.metrics["top1"]
     report.update(top1_recovered=top1, drop_points_vs_parent=round(100 * (report.get("top1_parent", top1) - top1), 4))
     manifest.finish(STAGE, report)
-
-
-def _macs(counted: dict[str, Any]) -> float:
-    """The standard MAC count (conv and matmul multiply-accumulates, torch's FlopCounterMode / 2); Torch-Pruning's
-    own counter is reported beside it (it skips some conv subclasses and adds BatchNorm and activations)."""
-    return counted.get("macs_flop_counter") or counted["macs"]
-
-
-def _report(before: dict[str, Any], after: dict[str, Any], top1: tuple[float, float, float, float],
-            steps: list[dict[str, Any]], sparsity: dict[str, Any] | None, checkpoint: Path,
-            parent_checkpoint: Path) -> dict[str, Any]:
-    """What pruning did: parameters, MACs (both counters), file size, top-1 of the parent, right after pruning,
-    after the repair (least squares or BatchNorm statistics), and after recovery."""
-    parent_top1, pruned_top1, repaired_top1, recovered_top1 = top1
-    return {
-        "params_before": before["params"], "params_after": after["params"],
-        "macs_before": _macs(before), "macs_after": _macs(after),
-        "macs_reduction": round(1 - _macs(after) / _macs(before), 4),
-        "macs_torch_pruning_before": before["macs"], "macs_torch_pruning_after": after["macs"],
-        "macs_counters_agree": bool(before.get("agree") and after.get("agree")),
-        "macs_counters_note": after.get("reason") or before.get("reason"),
-        "checkpoint_bytes_before": parent_checkpoint.stat().st_size, "checkpoint_bytes_after": checkpoint.stat().st_size,
-        "top1_parent": parent_top1, "top1_pruned": pruned_top1, "top1_repaired": repaired_top1,
-        "top1_recovered": recovered_top1,
-        "drop_points_vs_parent": round(100 * (parent_top1 - recovered_top1), 4), "steps": steps,
-        **({"sparsity_2_4": sparsity} if sparsity else {})}

@@ -29,7 +29,8 @@ def parent(learned_base, tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def child(parent) -> Path:
-    result = prune(parent, PruneConfig(ratio=0.4, epochs=2, patience=None, workers=0, round_to=8), progress=False)
+    result = prune(parent, PruneConfig(ratio=0.4, epochs=2, patience=None, workers=0, round_to=8, feature_weight=0.5,
+                                       mixup=0.2), progress=False)
     return result.run_dir
 
 
@@ -51,6 +52,14 @@ def test_child_run_records_its_parent_and_the_report(parent, child):
     assert 0 <= report["top1_pruned"] <= 1 and 0 <= report["top1_repaired"] <= 1
     assert report["top1_recovered"] == data["stages"]["finetune"]["metrics"]["top1"]
     assert report["checkpoint_bytes_after"] < report["checkpoint_bytes_before"]
+    # conv_head lost channels, so the classifier reads fewer features: which of the parent's, for the
+    # feature distillation (the fixture recovers with --feature-weight)
+    from edgetl.models import load_run_model
+
+    features = report["classifier_inputs_kept"]
+    classifier = load_run_model(child)[0].get_submodule(data["model"]["head"][0])
+    assert len(features) == classifier.in_features < 1280 and features == sorted(set(features))
+    assert 0 <= features[0] and features[-1] < 1280
     # the two counters agree within 2 %, or the report says why they differ (never neither, never both)
     assert report["macs_torch_pruning_after"] > 0
     assert report["macs_counters_agree"] == (report["macs_counters_note"] is None)
@@ -103,6 +112,22 @@ def test_resume_of_a_pruned_run_distils_again(child, tmp_path):
     result = resume(run, epochs=3, progress=False)
     assert result.metrics["epochs_run"] == 3
     assert _manifest(run)["stages"]["prune"]["metrics"]["top1_recovered"] == result.metrics["top1"]
+
+
+def test_resumed_recovery_distils_with_the_recorded_options(child):
+    from edgetl.finetune import FinetuneConfig
+    from edgetl.models import build_model
+    from edgetl.prune import resume_recovery
+    from edgetl.run.manifest import Manifest
+
+    manifest = Manifest.load(child)
+    bundle = build_model(manifest.model["name"], len(manifest.classes), pretrained=False)
+    config = FinetuneConfig.from_dict(manifest.stage("finetune")["options"])
+    loss = resume_recovery(manifest, bundle, config)
+    assert (loss.feature_weight, loss.mixup, loss.alpha) == (0.5, 0.2, 0.7)
+    # the feature hook sits on the pruned student's classifier, whose input is the kept feature width
+    classifier = bundle.model.get_submodule(bundle.head[0])
+    assert classifier._forward_hooks and loss.teacher.get_submodule(bundle.head[0])._forward_hooks
 
 
 def test_pruning_a_pruned_run_keeps_both_parents(child):

@@ -30,34 +30,88 @@ class ClassificationLoss:
 
 
 class DistillationLoss:
-    """Logit distillation (Hinton et al.): ``alpha * T^2 * KL(teacher_T || student_T) + (1 - alpha) * CE``.
+    """Logit distillation (Hinton et al.): ``alpha * T^2 * KL(teacher_T || student_T) + (1 - alpha) * CE``,
+    plus, with ``feature_weight``, feature distillation: the relative squared error between the student's and
+    the teacher's input to the classifier (``head``; at ``feature_index`` when pruning narrowed it), which carries hundreds of numbers per image where the
+    logits of a 2-class task carry one. With ``mixup``, training batches are mixed (Beta(mixup, mixup)
+    weights) before both networks see them: the teacher labels every mixed image, so a small training set
+    yields new inputs at every epoch ("function matching", Beyer et al. 2022).
 
     The teacher (the unpruned float model, eval mode) sees the same augmented batch as the student, so the
-    trainer passes the inputs (``needs_inputs``)."""
+    trainer passes the inputs (``needs_inputs``) and calls :meth:`prepare` on each training batch."""
 
     needs_inputs = True
 
-    def __init__(self, teacher: Any, temperature: float = 4.0, alpha: float = 0.7,
-                 label_smoothing: float = 0.0) -> None:
+    def __init__(self, teacher: Any, temperature: float = 4.0, alpha: float = 0.7, label_smoothing: float = 0.0,
+                 *, student: Any = None, head: str | None = None, feature_weight: float = 0.0,
+                 mixup: float = 0.0, feature_index: list[int] | None = None) -> None:
         self.teacher = teacher.eval()
         for p in self.teacher.parameters():
             p.requires_grad_(False)
         self.temperature, self.alpha = temperature, alpha
+        self.feature_weight, self.mixup = feature_weight, mixup
         self.hard = ClassificationLoss(label_smoothing)
+        self._mixed: tuple[float, Any] | None = None
+        self.feature_index = feature_index  # the teacher's features a pruned classifier still reads (None: all)
+        self._taps = (_InputTap(student.get_submodule(head)), _InputTap(teacher.get_submodule(head))) \
+            if feature_weight > 0 else None
+
+    def prepare(self, images: Any, targets: Any) -> Any:
+        """A training batch, mixed with a shuffled copy of itself when ``mixup`` is on."""
+        import torch
+
+        self._mixed = None
+        if self.mixup <= 0 or len(images) < 2:
+            return images
+        lam = float(torch.distributions.Beta(self.mixup, self.mixup).sample())
+        order = torch.randperm(len(images))
+        self._mixed = (lam, targets[order])
+        return lam * images + (1 - lam) * images[order]
 
     def __call__(self, output: Any, targets: Any, inputs: Any = None) -> tuple[Any, Any]:
         import torch
         import torch.nn.functional as F
 
         logits, hard = self.hard(output, targets)
-        if inputs is None or self.alpha == 0:
+        if self._mixed is not None:  # the labels of a mixed batch mix too
+            lam, others = self._mixed
+            hard = lam * hard + (1 - lam) * self.hard.on_logits(logits, others)
+            self._mixed = None
+        if inputs is None or (self.alpha == 0 and not self._taps):
             return logits, hard
         with torch.no_grad():
             teacher = self.teacher(inputs)
         t = self.temperature
         soft = F.kl_div(F.log_softmax(logits / t, dim=1), F.log_softmax(teacher / t, dim=1), log_target=True,
                         reduction="batchmean") * t * t
-        return logits, self.alpha * soft + (1 - self.alpha) * hard
+        loss = self.alpha * soft + (1 - self.alpha) * hard
+        if self._taps:
+            student_features, teacher_features = (tap.take().flatten(1) for tap in self._taps)
+            if self.feature_index is not None:
+                teacher_features = teacher_features[:, self.feature_index]
+            error = (student_features - teacher_features).pow(2).sum(1)
+            loss = loss + self.feature_weight * (error / teacher_features.pow(2).sum(1).clamp_min(1e-8)).mean()
+        return logits, loss
 
     def on_logits(self, logits: Any, targets: Any) -> Any:
         return self.hard.on_logits(logits, targets)
+
+    def close(self) -> None:
+        """Remove the feature hooks (a loss built per pruning step must not leave its hooks behind)."""
+        for tap in self._taps or ():
+            tap.handle.remove()
+
+
+class _InputTap:
+    """Keeps the input of the last forward pass through ``module`` (the classifier: pre-logit features)."""
+
+    def __init__(self, module: Any) -> None:
+        self.value: Any = None
+        self.handle = module.register_forward_hook(self._keep)
+
+    def _keep(self, module: Any, args: tuple, output: Any) -> None:
+        self.value = args[0]
+
+    def take(self) -> Any:
+        value, self.value = self.value, None
+        return value

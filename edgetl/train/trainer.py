@@ -221,6 +221,7 @@ class Trainer:
     # -- loops ------------------------------------------------------------------------------
     def _forward_loss(self, images, targets):
         if getattr(self.loss, "needs_inputs", False):  # distillation: the teacher sees the same batch
+            images = self.loss.prepare(images, targets)  # mixup, when the loss asks for it
             return self.loss(self.train_model(images), targets, inputs=images)
         return self.loss(self.train_model(images), targets)
 

@@ -109,3 +109,29 @@ def _m(value: float) -> str:
         if abs(value) >= scale:
             return f"{value / scale:.3g}{unit}"
     return f"{value:.0f}"
+
+
+def standard_macs(counted: dict[str, Any]) -> float:
+    """The standard MAC count (conv and matmul multiply-accumulates, torch's FlopCounterMode / 2); Torch-Pruning's
+    own counter is reported beside it (it skips some conv subclasses and adds BatchNorm and activations)."""
+    return counted.get("macs_flop_counter") or counted["macs"]
+
+
+def prune_report(before: dict[str, Any], after: dict[str, Any], top1: tuple[float, float, float, float],
+            steps: list[dict[str, Any]], sparsity: dict[str, Any] | None, checkpoint: Any,
+                 parent_checkpoint: Any) -> dict[str, Any]:
+    """What pruning did: parameters, MACs (both counters), file size, top-1 of the parent, right after pruning,
+    after the repair (least squares or BatchNorm statistics), and after recovery."""
+    parent_top1, pruned_top1, repaired_top1, recovered_top1 = top1
+    return {
+        "params_before": before["params"], "params_after": after["params"],
+        "macs_before": standard_macs(before), "macs_after": standard_macs(after),
+        "macs_reduction": round(1 - standard_macs(after) / standard_macs(before), 4),
+        "macs_torch_pruning_before": before["macs"], "macs_torch_pruning_after": after["macs"],
+        "macs_counters_agree": bool(before.get("agree") and after.get("agree")),
+        "macs_counters_note": after.get("reason") or before.get("reason"),
+        "checkpoint_bytes_before": parent_checkpoint.stat().st_size, "checkpoint_bytes_after": checkpoint.stat().st_size,
+        "top1_parent": parent_top1, "top1_pruned": pruned_top1, "top1_repaired": repaired_top1,
+        "top1_recovered": recovered_top1,
+        "drop_points_vs_parent": round(100 * (parent_top1 - recovered_top1), 4), "steps": steps,
+        **({"sparsity_2_4": sparsity} if sparsity else {})}

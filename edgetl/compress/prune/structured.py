@@ -116,6 +116,8 @@ class StructuredPruner:
         self.ignored = resolve_ignored(model, heads, settings.ignored)
         self.kept_outputs: dict[str, list[int]] = {}
         """Module name -> the original index of each output channel it still has (modules that lost some)."""
+        self.kept_inputs: dict[str, list[int]] = {}
+        """The same for input channels (a classifier fed by a pruned layer: which parent features it reads)."""
         modules = dict(model.named_modules())
         args = as_forward_args(example_inputs)
         pruner_cls = getattr(tp.pruner, "BasePruner", None) or tp.pruner.MetaPruner
@@ -179,15 +181,18 @@ class StructuredPruner:
             raise ModelError(failure_message(self.model, exc, f"run pruning step {number} on")) from exc
 
     def _record(self, group: Any, names: dict[int, str]) -> None:
-        """Update :attr:`kept_outputs` with the output channels ``group`` removes (``names``: module id -> name)."""
+        """Update :attr:`kept_outputs` / :attr:`kept_inputs` with the channels ``group`` removes (``names``:
+        module id -> name)."""
         graph = self._pruner.DG
         for dep, idxs in group:
             name = names.get(id(dep.target.module))
-            if name is None or not graph.is_out_channel_pruning_fn(dep.handler):
+            if name is None:
                 continue
+            outputs = graph.is_out_channel_pruning_fn(dep.handler)
+            record, width = (self.kept_outputs, _out_channels) if outputs else (self.kept_inputs, _in_channels)
             removed = {int(getattr(i, "idx", i)) for i in idxs}
-            current = self.kept_outputs.get(name) or list(range(_out_channels(dep.target.module)))
-            self.kept_outputs[name] = [c for i, c in enumerate(current) if i not in removed]
+            current = record.get(name) or list(range(width(dep.target.module)))
+            record[name] = [c for i, c in enumerate(current) if i not in removed]
 
     def _backward(self, loss_fn: Callable[[Any], Any]) -> None:
         import torch
@@ -233,6 +238,13 @@ def kept_modules(model: Any, patterns: tuple[str, ...]) -> tuple[str, ...]:
             raise ConfigError(f"--keep {pattern!r} matches no module with weights.{did_you_mean(pattern, names)}")
         kept += [n for n in found if n not in kept]
     return tuple(kept)
+
+
+def _in_channels(module: Any) -> int:
+    for attr in ("in_channels", "in_features", "num_features", "num_parameters"):
+        if isinstance(getattr(module, attr, None), int):
+            return getattr(module, attr)
+    return int(module.weight.shape[1])
 
 
 def _out_channels(module: Any) -> int:
