@@ -17,6 +17,8 @@ def _prune_options(command):
         "ratio": Opt(type=click.FloatRange(0, 1, min_open=True, max_open=True)),
         "importance": Opt(type=click.Choice(IMPORTANCES)),
         "keep": Opt(multiple=True, help="Module name kept whole, besides the classifier (repeatable)."),
+        "feature_layers": Opt(multiple=True, help="With --feature-weight, also match this module's output to the "
+                              "parent's (a name or pattern; repeatable)."),
         "output": Opt(decls=("-o", "--output"), type=click.Path(path_type=Path)),
         "round_to": Opt(type=click.IntRange(min=1)),
         "patience": Opt(type=click.IntRange(min=0), to_field=lambda v: v or None),

@@ -280,7 +280,7 @@ def _resume_here(manifest: Manifest, config: FinetuneConfig, changes: dict[str, 
     bundle = build_model(manifest.model["name"], len(splits.classes), pretrained=False, image_size=config.image_size)
     loss = None
     if manifest.stage("prune") is not None:  # a pruned run recovers by distillation from its parent
-        from .prune import resume_recovery
+        from .compress.prune.recovery import resume_recovery
 
         loss = resume_recovery(manifest, bundle, config)
     trainer = Trainer(config, bundle, splits, manifest if dist.is_main else None, progress=progress, loss=loss)

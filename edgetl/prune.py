@@ -18,6 +18,7 @@ from typing import Any
 from .compress.prune.counting import prune_report, standard_macs
 from .compress.prune.reconstruct import SCOPES
 from .compress.prune.structured import PruneSettings, kept_modules
+from .compress.prune.recovery import distillation
 from .errors import ConfigError, RunFolderError
 
 log = logging.getLogger(__name__)
@@ -64,6 +65,9 @@ class PruneConfig:
     feature_weight: float = 0.0
     """Weight of feature distillation: the relative squared error of the classifier's input (pre-logit features)
     against the parent's. A 2-class task's logits carry one number per image; its features carry hundreds."""
+    feature_layers: tuple[str, ...] = ()
+    """With --feature-weight, also match these modules' outputs (names or patterns, e.g. an inverted-residual
+    net's ``blocks.*.*.conv_pwl``, kept whole): block-by-block targets where the classifier's input is one."""
     mixup: float = 0.0
     """Mix recovery batches (Beta(mixup, mixup) weights; 0: off): the parent labels every mixed image, so a
     small training set gives new inputs at every epoch."""
@@ -118,7 +122,7 @@ class PruneConfig:
             raise ConfigError(f"--calibration-views must be at least 1, got {self.calibration_views}")
         if self.round_to is not None and self.round_to < 1:
             raise ConfigError(f"--round-to must be at least 1, got {self.round_to}")
-        self.keep = tuple(self.keep or ())
+        self.keep, self.feature_layers = tuple(self.keep or ()), tuple(self.feature_layers or ())
 
 
 def parse_macs(text: str) -> float:
@@ -265,9 +269,8 @@ class _Job:
                              preprocess=PreprocessSpec.from_dict(self.parent.preprocessing), head=heads,
                              pretrained=f"pruned:{self.parent.run_dir.name}", num_classes=len(self.parent.classes),
                              architecture=architecture_record(self.student))
-        features = self.kept_inputs.get(heads[0])
-        loss = distillation(self.teacher, self.student, heads[0], {**asdict(cfg), "classifier_inputs_kept": features},
-                            self.recovery.label_smoothing)
+        points = self._feature_points()
+        loss = distillation(self.teacher, self.student, asdict(cfg), points, self.recovery.label_smoothing)
         trainer = Trainer(self.recovery, bundle, self.splits, child, progress=progress, staging=staging, loss=loss,
                           start_is_candidate=True)
         try:
@@ -280,7 +283,7 @@ class _Job:
             raise
         self.report = prune_report(before, after, (parent_top1, pruned_top1, repaired_top1, result.metrics["top1"]),
                               steps, sparsity, trainer.run_dir / "checkpoint.pt", self.parent.run_dir / "checkpoint.pt")
-        self.report.update(repair=self.repair, classifier_inputs_kept=features)
+        self.report.update(repair=self.repair, classifier_inputs_kept=points[0][2], feature_points=points)
         child.finish(STAGE, self.report)
         return PruneResult(trainer.run_dir, self.parent.run_dir, self.report)
 
@@ -374,6 +377,13 @@ class _Job:
             finally:
                 runner.close()
 
+    def _feature_points(self) -> list[tuple[str, str, list[int] | None]]:
+        """Where feature distillation compares the student with the parent: the classifier's input, then
+        each ``feature_layers`` output, with the parent's channels the student kept there."""
+        head = self.parent.model["head"][0]
+        layers = kept_modules(self.student, self.config.feature_layers) if self.config.feature_layers else ()
+        return [(head, "input", self.kept_inputs.get(head)), *((n, "output", self.kept.get(n)) for n in layers)]
+
     def _sparsify(self, heads: list[str]) -> dict[str, Any]:
         from .compress.prune import apply_semi_structured_2_4, keep_masks, sparsity_2_4_fraction
 
@@ -435,9 +445,7 @@ class _Job:
 
         if not epochs:
             return
-        head = self.parent.model["head"][0]
-        loss = distillation(self.teacher, self.student, head,
-                            {**asdict(self.config), "classifier_inputs_kept": self.kept_inputs.get(head)})
+        loss = distillation(self.teacher, self.student, asdict(self.config), self._feature_points())
         optimizer = torch.optim.AdamW(self.student.parameters(), lr=self.config.lr)
         self.student.train()
         if self.config.reconstruct:  # BatchNorm keeps the teacher's statistics, as in the final recovery
@@ -455,39 +463,6 @@ class _Job:
                 total, seen = total + value.item() * len(targets), seen + len(targets)
             log.info("  recovery epoch %d/%d: distillation loss %.3f", epoch + 1, epochs, total / max(seen, 1))
         loss.close()
-
-
-def resume_recovery(manifest: Any, bundle: Any, config: Any) -> Any:
-    """For ``edgetl finetune --resume`` of a pruned run: reshape ``bundle`` to the pruned architecture (from its
-    checkpoint.pt) and return the distillation loss from the parent model."""
-    import torch
-
-    from .compress.prune import apply_architecture
-    from .models import load_run_model
-
-    checkpoint = manifest.run_dir / "checkpoint.pt"
-    if not checkpoint.is_file():
-        raise RunFolderError(f"{manifest.run_dir} has no checkpoint.pt: prune its parent again instead")
-    architecture = torch.load(checkpoint, map_location="cpu", weights_only=True).get("architecture")
-    apply_architecture(bundle.model, architecture)
-    bundle.architecture = architecture
-    parent = Path((manifest.parent or {}).get("run", ""))
-    if not (parent / "checkpoint.pt").is_file():
-        raise RunFolderError(f"the parent run {parent} of {manifest.run_dir} is gone: recovery distils from it")
-    stage = manifest.stage(STAGE)
-    teacher, _ = load_run_model(parent)
-    options = {**stage["options"], "classifier_inputs_kept": (stage.get("metrics") or {}).get("classifier_inputs_kept")}
-    return distillation(teacher, bundle.model, bundle.head[0], options, config.label_smoothing)
-
-
-def distillation(teacher: Any, student: Any, head: str, options: dict[str, Any], label_smoothing: float = 0.0) -> Any:
-    """The recovery loss from the prune options (a resumed recovery passes its recorded ones), with
-    ``classifier_inputs_kept``: the parent's features the student's classifier still reads (None: all)."""
-    from .train.losses import DistillationLoss
-
-    return DistillationLoss(teacher, options["temperature"], options["alpha"], label_smoothing, student=student,
-                            head=head, feature_weight=options.get("feature_weight", 0.0), mixup=options.get("mixup", 0.0),
-                            feature_index=options.get("classifier_inputs_kept"))
 
 
 def update_report(manifest: Any, result: Any) -> None:

@@ -30,7 +30,7 @@ def parent(learned_base, tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def child(parent) -> Path:
     result = prune(parent, PruneConfig(ratio=0.4, epochs=2, patience=None, workers=0, round_to=8, feature_weight=0.5,
-                                       mixup=0.2), progress=False)
+                                       mixup=0.2, feature_layers=("blocks.*.*.conv_pwl",)), progress=False)
     return result.run_dir
 
 
@@ -117,7 +117,7 @@ def test_resume_of_a_pruned_run_distils_again(child, tmp_path):
 def test_resumed_recovery_distils_with_the_recorded_options(child):
     from edgetl.finetune import FinetuneConfig
     from edgetl.models import build_model
-    from edgetl.prune import resume_recovery
+    from edgetl.compress.prune.recovery import resume_recovery
     from edgetl.run.manifest import Manifest
 
     manifest = Manifest.load(child)
@@ -125,7 +125,12 @@ def test_resumed_recovery_distils_with_the_recorded_options(child):
     config = FinetuneConfig.from_dict(manifest.stage("finetune")["options"])
     loss = resume_recovery(manifest, bundle, config)
     assert (loss.feature_weight, loss.mixup, loss.alpha) == (0.5, 0.2, 0.7)
-    # the feature hook sits on the pruned student's classifier, whose input is the kept feature width
+    # the recorded points: the classifier's input, read at the parent features the pruned classifier kept,
+    # and the output of every conv_pwl the fixture named (conv_pwl lost channels too: kept indices)
+    points = manifest.stage("prune")["metrics"]["feature_points"]
+    assert points[0] == [bundle.head[0], "input", manifest.stage("prune")["metrics"]["classifier_inputs_kept"]]
+    assert len(points) == 16 and all(n.endswith("conv_pwl") and side == "output" and index for n, side, index in points[1:])
+    assert [t[2] for t in loss._taps] == [p[2] for p in points]
     classifier = bundle.model.get_submodule(bundle.head[0])
     assert classifier._forward_hooks and loss.teacher.get_submodule(bundle.head[0])._forward_hooks
 

@@ -6,6 +6,7 @@ and, next, distillation from a teacher plug in without touching the loop.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 
@@ -32,10 +33,11 @@ class ClassificationLoss:
 class DistillationLoss:
     """Logit distillation (Hinton et al.): ``alpha * T^2 * KL(teacher_T || student_T) + (1 - alpha) * CE``,
     plus, with ``feature_weight``, feature distillation: the relative squared error between the student's and
-    the teacher's input to the classifier (``head``; at ``feature_index`` when pruning narrowed it), which carries hundreds of numbers per image where the
-    logits of a 2-class task carry one. With ``mixup``, training batches are mixed (Beta(mixup, mixup)
-    weights) before both networks see them: the teacher labels every mixed image, so a small training set
-    yields new inputs at every epoch ("function matching", Beyer et al. 2022).
+    the teacher's activations at ``feature_points`` (the classifier's input, block outputs), averaged over
+    the points. A 2-class task's logits carry one number per image; its features carry hundreds. With
+    ``mixup``, training batches are mixed (Beta(mixup, mixup) weights) before both networks see them: the
+    teacher labels every mixed image, so a small training set yields new inputs at every epoch ("function
+    matching", Beyer et al. 2022).
 
     The teacher (the unpruned float model, eval mode) sees the same augmented batch as the student, so the
     trainer passes the inputs (``needs_inputs``) and calls :meth:`prepare` on each training batch."""
@@ -43,8 +45,10 @@ class DistillationLoss:
     needs_inputs = True
 
     def __init__(self, teacher: Any, temperature: float = 4.0, alpha: float = 0.7, label_smoothing: float = 0.0,
-                 *, student: Any = None, head: str | None = None, feature_weight: float = 0.0,
-                 mixup: float = 0.0, feature_index: list[int] | None = None) -> None:
+                 *, student: Any = None, feature_weight: float = 0.0, mixup: float = 0.0,
+                 feature_points: Sequence[tuple[str, str, list[int] | None]] = ()) -> None:
+        """``feature_points``: (module name, ``input`` or ``output``, the teacher's channels the student kept
+        there, None: all) for each activation matched."""
         self.teacher = teacher.eval()
         for p in self.teacher.parameters():
             p.requires_grad_(False)
@@ -52,9 +56,8 @@ class DistillationLoss:
         self.feature_weight, self.mixup = feature_weight, mixup
         self.hard = ClassificationLoss(label_smoothing)
         self._mixed: tuple[float, Any] | None = None
-        self.feature_index = feature_index  # the teacher's features a pruned classifier still reads (None: all)
-        self._taps = (_InputTap(student.get_submodule(head)), _InputTap(teacher.get_submodule(head))) \
-            if feature_weight > 0 else None
+        self._taps = [(_Tap(student.get_submodule(name), side), _Tap(teacher.get_submodule(name), side), index)
+                      for name, side, index in feature_points] if feature_weight > 0 else []
 
     def prepare(self, images: Any, targets: Any) -> Any:
         """A training batch, mixed with a shuffled copy of itself when ``mixup`` is on."""
@@ -86,11 +89,7 @@ class DistillationLoss:
                         reduction="batchmean") * t * t
         loss = self.alpha * soft + (1 - self.alpha) * hard
         if self._taps:
-            student_features, teacher_features = (tap.take().flatten(1) for tap in self._taps)
-            if self.feature_index is not None:
-                teacher_features = teacher_features[:, self.feature_index]
-            error = (student_features - teacher_features).pow(2).sum(1)
-            loss = loss + self.feature_weight * (error / teacher_features.pow(2).sum(1).clamp_min(1e-8)).mean()
+            loss = loss + self.feature_weight * sum(_relative_error(*pair) for pair in self._taps) / len(self._taps)
         return logits, loss
 
     def on_logits(self, logits: Any, targets: Any) -> Any:
@@ -98,19 +97,31 @@ class DistillationLoss:
 
     def close(self) -> None:
         """Remove the feature hooks (a loss built per pruning step must not leave its hooks behind)."""
-        for tap in self._taps or ():
-            tap.handle.remove()
+        for student_tap, teacher_tap, _ in self._taps:
+            student_tap.handle.remove()
+            teacher_tap.handle.remove()
 
 
-class _InputTap:
-    """Keeps the input of the last forward pass through ``module`` (the classifier: pre-logit features)."""
+def _relative_error(student_tap: _Tap, teacher_tap: _Tap, index: list[int] | None) -> Any:
+    """Per image ``|s - t|^2 / |t|^2`` over all channels and positions, averaged over the batch; ``index``
+    picks the teacher channels the (pruned) student kept."""
+    student, teacher = student_tap.take(), teacher_tap.take()
+    if index is not None:
+        teacher = teacher[:, index]
+    student, teacher = student.flatten(1), teacher.flatten(1)
+    return ((student - teacher).pow(2).sum(1) / teacher.pow(2).sum(1).clamp_min(1e-8)).mean()
 
-    def __init__(self, module: Any) -> None:
+
+class _Tap:
+    """Keeps the input (``side="input"``) or output of the last forward pass through ``module``."""
+
+    def __init__(self, module: Any, side: str) -> None:
         self.value: Any = None
+        self.side = side
         self.handle = module.register_forward_hook(self._keep)
 
     def _keep(self, module: Any, args: tuple, output: Any) -> None:
-        self.value = args[0]
+        self.value = args[0] if self.side == "input" else output
 
     def take(self) -> Any:
         value, self.value = self.value, None

@@ -22,7 +22,7 @@ def test_feature_term_is_the_relative_error_of_the_classifier_input():
     teacher, student = _net(0), _net(1)
     images, targets = torch.randn(5, 3, 2, 2), torch.tensor([0, 1, 1, 0, 1])
     plain = DistillationLoss(teacher, 2.0, 0.5)
-    with_features = DistillationLoss(teacher, 2.0, 0.5, student=student, head="3", feature_weight=0.3)
+    with_features = DistillationLoss(teacher, 2.0, 0.5, student=student, feature_weight=0.3, feature_points=[("3", "input", None)])
     logits = student(images)
     _, base = plain(logits, targets, inputs=images)
     logits = student(images)
@@ -32,14 +32,14 @@ def test_feature_term_is_the_relative_error_of_the_classifier_input():
     assert total.item() == pytest.approx(base.item() + 0.3 * expected.item(), rel=1e-5)
     # a student equal to its teacher has no feature error
     twin = copy.deepcopy(teacher)
-    same = DistillationLoss(teacher, 2.0, 0.0, student=twin, head="3", feature_weight=5.0)
+    same = DistillationLoss(teacher, 2.0, 0.0, student=twin, feature_weight=5.0, feature_points=[("3", "input", None)])
     _, value = same(twin(images), targets, inputs=images)
     assert value.item() == pytest.approx(F.cross_entropy(teacher(images), targets).item(), rel=1e-5)
 
 
 def test_gradients_reach_the_student_through_the_feature_term():
     teacher, student = _net(0), _net(1)
-    loss = DistillationLoss(teacher, 1.0, 1.0, student=student, head="3", feature_weight=1.0)
+    loss = DistillationLoss(teacher, 1.0, 1.0, student=student, feature_weight=1.0, feature_points=[("3", "input", None)])
     images = torch.randn(4, 3, 2, 2)
     _, value = loss(student(images), torch.zeros(4, dtype=torch.long), inputs=images)
     value.backward()
@@ -67,7 +67,7 @@ def test_mixup_mixes_the_batch_and_its_labels():
 
 def test_close_removes_the_hooks():
     teacher, student = _net(0), _net(1)
-    loss = DistillationLoss(teacher, 1.0, 0.5, student=student, head="3", feature_weight=1.0)
+    loss = DistillationLoss(teacher, 1.0, 0.5, student=student, feature_weight=1.0, feature_points=[("3", "input", None)])
     assert len(student[3]._forward_hooks) == 1 and len(teacher[3]._forward_hooks) == 1
     loss.close()
     assert not student[3]._forward_hooks and not teacher[3]._forward_hooks
@@ -80,11 +80,27 @@ def test_a_narrower_student_is_compared_at_the_features_it_kept():
     kept = [0, 2, 3, 5]
     with torch.no_grad():  # the student is the teacher with hidden units 1 and 4 removed
         student[1].weight.copy_(teacher[1].weight[kept]), student[1].bias.copy_(teacher[1].bias[kept])
-    loss = DistillationLoss(teacher, 1.0, 0.0, student=student, head="3", feature_weight=1.0, feature_index=kept)
+    loss = DistillationLoss(teacher, 1.0, 0.0, student=student, feature_weight=1.0, feature_points=[("3", "input", kept)])
     images, targets = torch.randn(4, 3, 2, 2), torch.tensor([0, 1, 0, 1])
     logits = student(images)
     _, value = loss(logits, targets, inputs=images)
     assert value.item() == pytest.approx(F.cross_entropy(logits, targets).item(), rel=1e-5)  # no feature error
     with pytest.raises(RuntimeError):  # without the index the widths do not match
-        DistillationLoss(teacher, 1.0, 0.0, student=student, head="3", feature_weight=1.0)(
+        DistillationLoss(teacher, 1.0, 0.0, student=student, feature_weight=1.0, feature_points=[("3", "input", None)])(
             student(images), targets, inputs=images)
+
+
+def test_several_points_average_their_relative_errors():
+    teacher, student = _net(0), _net(1)
+    points = [("1", "output", None), ("3", "input", None)]
+    loss = DistillationLoss(teacher, 1.0, 1.0, student=student, feature_weight=2.0, feature_points=points)
+    plain = DistillationLoss(teacher, 1.0, 1.0)
+    images, targets = torch.randn(3, 3, 2, 2), torch.tensor([0, 1, 1])
+    _, base = plain(student(images), targets, inputs=images)
+    _, total = loss(student(images), targets, inputs=images)
+
+    def rel(s, t):
+        return ((s - t).pow(2).sum(1) / t.pow(2).sum(1)).mean().item()
+
+    expected = (rel(student[:2](images), teacher[:2](images)) + rel(student[:3](images), teacher[:3](images))) / 2
+    assert total.item() == pytest.approx(base.item() + 2.0 * expected, rel=1e-5)
