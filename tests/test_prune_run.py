@@ -196,3 +196,36 @@ def test_keep_patterns_expand_to_module_names(parent):
     assert "conv_stem" in kept and len(kept) > 5 and all(k == "conv_stem" or k.endswith("conv_pwl") for k in kept)
     with pytest.raises(ConfigError, match="matches no module"):
         kept_modules(model, ("blocks.*.conv_nothing",))
+
+
+def test_iterative_mac_target_recovers_between_steps(parent, child, tmp_path):
+    from edgetl.train.losses import DistillationLoss
+
+    before = _manifest(child)["stages"]["prune"]["metrics"]["macs_before"]
+    built, closed = [], []
+    original, close = DistillationLoss.__init__, DistillationLoss.close
+
+    def spy(self, *args, **kwargs):
+        original(self, *args, **kwargs)
+        built.append(self)
+
+    def spy_close(self):
+        closed.append(self)
+        close(self)
+
+    target = 0.6 * before  # a step removes 20% of the channels left: about 36% of the MACs, so two steps
+    DistillationLoss.__init__, DistillationLoss.close = spy, spy_close
+    try:
+        result = prune(parent, PruneConfig(target_macs=f"{target:.0f}", step_ratio=0.2, step_epochs=1, epochs=1,
+                                           workers=0, round_to=8, importance="magnitude", feature_weight=0.5, mixup=0.2,
+                                           feature_layers=("blocks.*.*.conv_pwl",), output=str(tmp_path / "it")),
+                       progress=False)
+    finally:
+        DistillationLoss.__init__, DistillationLoss.close = original, close
+    steps = result.metrics["steps"]
+    assert result.metrics["macs_after"] <= target < steps[0]["macs"] and len(steps) >= 2
+    assert [s["macs"] for s in steps] == sorted((s["macs"] for s in steps), reverse=True)
+    assert all(0 <= s["val_top1"] <= 1 for s in steps)
+    # one loss per step recovery plus the final recovery; each step's feature hooks were removed after it
+    assert len(built) == len(steps) + 1 and all(b.mixup == 0.2 and len(b._taps) == 16 for b in built)
+    assert closed == built[:-1]
