@@ -250,6 +250,7 @@ class _Job:
         from .train.trainer import Trainer
 
         cfg, heads = self.config, list(self.parent.model["head"])
+        kept_modules(self.student, cfg.feature_layers, "--feature-layers")  # a pattern matching nothing fails before any pruning
         before, parent_top1 = count_macs(self.student, self.example), self._top1(self.teacher)
         steps = self._prune_steps(heads, before)
         after, pruned_top1 = count_macs(self.student, self.example), self._top1(self.student)

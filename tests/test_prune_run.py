@@ -166,6 +166,10 @@ def test_bad_requests(parent, tmp_path):
         with pytest.raises(ConfigError):
             PruneConfig(**bad)
     assert parse_macs("0.2G") == 2e8 and parse_macs("150M") == 1.5e8
+    with pytest.raises(ConfigError, match="--feature-layers 'blocks.*.conv_nothing' matches no module"):
+        prune(parent, PruneConfig(ratio=0.3, feature_weight=1.0, feature_layers=("blocks.*.conv_nothing",),
+                                  output=str(tmp_path / "badfeat")), progress=False)
+    assert not (tmp_path / "badfeat").exists()
     with pytest.raises(RunFolderError, match="not an edgetl run folder"):
         prune(tmp_path, PruneConfig(ratio=0.3))
     empty = tmp_path / "nockpt"

@@ -56,6 +56,10 @@ class DistillationLoss:
         self.feature_weight, self.mixup = feature_weight, mixup
         self.hard = ClassificationLoss(label_smoothing)
         self._mixed: tuple[float, Any] | None = None
+        if feature_weight > 0 and feature_points and student is None:
+            from ..errors import ConfigError
+
+            raise ConfigError("feature distillation needs the student model (student=...) to read its activations")
         self._taps = [(_Tap(student.get_submodule(name), side), _Tap(teacher.get_submodule(name), side), index)
                       for name, side, index in feature_points] if feature_weight > 0 else []
 

@@ -104,3 +104,10 @@ def test_several_points_average_their_relative_errors():
 
     expected = (rel(student[:2](images), teacher[:2](images)) + rel(student[:3](images), teacher[:3](images))) / 2
     assert total.item() == pytest.approx(base.item() + 2.0 * expected, rel=1e-5)
+
+
+def test_feature_points_without_a_student_are_refused():
+    from edgetl.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="student"):
+        DistillationLoss(_net(0), feature_weight=1.0, feature_points=[("3", "input", None)])

@@ -225,7 +225,7 @@ def prune_model(model: Any, example_inputs: Any, settings: PruneSettings, heads:
             "macs_tp_before": before["macs"], "macs_tp_after": after["macs"]}
 
 
-def kept_modules(model: Any, patterns: tuple[str, ...]) -> tuple[str, ...]:
+def kept_modules(model: Any, patterns: tuple[str, ...], option: str = "--keep") -> tuple[str, ...]:
     """Module names matching ``patterns`` (exact names or fnmatch patterns); a pattern that matches nothing is a
     ConfigError naming close module names."""
     import fnmatch
@@ -235,7 +235,7 @@ def kept_modules(model: Any, patterns: tuple[str, ...]) -> tuple[str, ...]:
     for pattern in patterns:
         found = [n for n in names if n == pattern or fnmatch.fnmatchcase(n, pattern)]
         if not found:
-            raise ConfigError(f"--keep {pattern!r} matches no module with weights.{did_you_mean(pattern, names)}")
+            raise ConfigError(f"{option} {pattern!r} matches no module with weights.{did_you_mean(pattern, names)}")
         kept += [n for n in found if n not in kept]
     return tuple(kept)
 
