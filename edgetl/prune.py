@@ -214,9 +214,11 @@ class _Job:
     repair: dict[str, Any] = field(default_factory=dict)
     """How the last pruning step was repaired before training: least squares or BatchNorm statistics."""
     kept: dict[str, list[int]] = field(default_factory=dict)
+    """Module name -> the parent's index of each output channel the student kept (all steps so far)."""
     kept_inputs: dict[str, list[int]] = field(default_factory=dict)
     """The same for input channels: which of the parent's features the student's classifier reads."""
-    """Module name -> the parent's index of each output channel the student kept (all steps so far)."""
+    feature_layers: tuple[str, ...] = ()
+    """The module names ``config.feature_layers`` matches (resolved once, before any pruning)."""
     calibration: list[Any] | None = None
 
     @classmethod
@@ -250,7 +252,8 @@ class _Job:
         from .train.trainer import Trainer
 
         cfg, heads = self.config, list(self.parent.model["head"])
-        kept_modules(self.student, cfg.feature_layers, "--feature-layers")  # a pattern matching nothing fails before any pruning
+        # resolved before any pruning, so a pattern that matches nothing fails before any work
+        self.feature_layers = kept_modules(self.student, cfg.feature_layers, "--feature-layers")
         before, parent_top1 = count_macs(self.student, self.example), self._top1(self.teacher)
         steps = self._prune_steps(heads, before)
         after, pruned_top1 = count_macs(self.student, self.example), self._top1(self.student)
@@ -283,7 +286,7 @@ class _Job:
                 child.fail(STAGE, failure_reason(exc))
             raise
         self.report = prune_report(before, after, (parent_top1, pruned_top1, repaired_top1, result.metrics["top1"]),
-                              steps, sparsity, trainer.run_dir / "checkpoint.pt", self.parent.run_dir / "checkpoint.pt")
+                                   steps, sparsity, trainer.run_dir / "checkpoint.pt", self.parent.run_dir / "checkpoint.pt")
         self.report.update(repair=self.repair, classifier_inputs_kept=points[0][2], feature_points=points)
         child.finish(STAGE, self.report)
         return PruneResult(trainer.run_dir, self.parent.run_dir, self.report)
@@ -382,8 +385,8 @@ class _Job:
         """Where feature distillation compares the student with the parent: the classifier's input, then
         each ``feature_layers`` output, with the parent's channels the student kept there."""
         head = self.parent.model["head"][0]
-        layers = kept_modules(self.student, self.config.feature_layers) if self.config.feature_layers else ()
-        return [(head, "input", self.kept_inputs.get(head)), *((n, "output", self.kept.get(n)) for n in layers)]
+        return [(head, "input", self.kept_inputs.get(head)),
+                *((n, "output", self.kept.get(n)) for n in self.feature_layers)]
 
     def _sparsify(self, heads: list[str]) -> dict[str, Any]:
         from .compress.prune import apply_semi_structured_2_4, keep_masks, sparsity_2_4_fraction

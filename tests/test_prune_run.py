@@ -202,7 +202,7 @@ def test_keep_patterns_expand_to_module_names(parent):
         kept_modules(model, ("blocks.*.conv_nothing",))
 
 
-def test_iterative_mac_target_recovers_between_steps(parent, child, tmp_path):
+def test_iterative_mac_target_recovers_between_steps(parent, child, tmp_path, monkeypatch):
     from edgetl.train.losses import DistillationLoss
 
     before = _manifest(child)["stages"]["prune"]["metrics"]["macs_before"]
@@ -218,14 +218,12 @@ def test_iterative_mac_target_recovers_between_steps(parent, child, tmp_path):
         close(self)
 
     target = 0.6 * before  # a step removes 20% of the channels left: about 36% of the MACs, so two steps
-    DistillationLoss.__init__, DistillationLoss.close = spy, spy_close
-    try:
-        result = prune(parent, PruneConfig(target_macs=f"{target:.0f}", step_ratio=0.2, step_epochs=1, epochs=1,
-                                           workers=0, round_to=8, importance="magnitude", feature_weight=0.5, mixup=0.2,
-                                           feature_layers=("blocks.*.*.conv_pwl",), output=str(tmp_path / "it")),
-                       progress=False)
-    finally:
-        DistillationLoss.__init__, DistillationLoss.close = original, close
+    monkeypatch.setattr(DistillationLoss, "__init__", spy)
+    monkeypatch.setattr(DistillationLoss, "close", spy_close)
+    result = prune(parent, PruneConfig(target_macs=f"{target:.0f}", step_ratio=0.2, step_epochs=1, epochs=1,
+                                       workers=0, round_to=8, importance="magnitude", feature_weight=0.5, mixup=0.2,
+                                       feature_layers=("blocks.*.*.conv_pwl",), output=str(tmp_path / "it")),
+                   progress=False)
     steps = result.metrics["steps"]
     assert result.metrics["macs_after"] <= target < steps[0]["macs"] and len(steps) >= 2
     assert [s["macs"] for s in steps] == sorted((s["macs"] for s in steps), reverse=True)

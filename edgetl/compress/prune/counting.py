@@ -118,7 +118,7 @@ def standard_macs(counted: dict[str, Any]) -> float:
 
 
 def prune_report(before: dict[str, Any], after: dict[str, Any], top1: tuple[float, float, float, float],
-            steps: list[dict[str, Any]], sparsity: dict[str, Any] | None, checkpoint: Any,
+                 steps: list[dict[str, Any]], sparsity: dict[str, Any] | None, checkpoint: Any,
                  parent_checkpoint: Any) -> dict[str, Any]:
     """What pruning did: parameters, MACs (both counters), file size, top-1 of the parent, right after pruning,
     after the repair (least squares or BatchNorm statistics), and after recovery."""

@@ -28,7 +28,7 @@ def resume_recovery(manifest: Any, bundle: Any, config: Any) -> Any:
         raise RunFolderError(f"the parent run {parent} of {manifest.run_dir} is gone: recovery distils from it")
     stage = manifest.stage("prune")
     teacher, _ = load_run_model(parent)
-    points = (stage.get("metrics") or {}).get("feature_points") or [(bundle.head[0], "input", None)]
+    points = (stage.get("metrics") or {}).get("feature_points") or []  # none recorded: no feature term
     return distillation(teacher, bundle.model, stage["options"], [tuple(p) for p in points], config.label_smoothing)
 
 

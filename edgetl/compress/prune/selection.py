@@ -20,6 +20,8 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from typing import Any
 
+from .structured import _channels
+
 RIDGE = 1e-3
 """Ridge strength relative to the mean of the Gram diagonal (keeps P well conditioned)."""
 
@@ -124,7 +126,7 @@ class ReconstructionImportance:
             name = graph._module2name.get(module, "")
             gram = self.grams.get(name)
             if gram is None or graph.is_out_channel_pruning_fn(dep.handler) or len(idxs) != root \
-                    or gram.shape[0] != _in_channels(module):
+                    or gram.shape[0] != _channels(module, "in"):
                 continue
             if name not in self.scores:
                 self.scores[name] = elimination_scores(module.weight, gram, self.ridge).float()
@@ -132,6 +134,3 @@ class ReconstructionImportance:
             total = picked if total is None else total + picked
         return self.fallback(group) if total is None else total
 
-
-def _in_channels(module: Any) -> int:
-    return int(getattr(module, "in_channels", getattr(module, "in_features", -1)))

@@ -188,10 +188,10 @@ class StructuredPruner:
             name = names.get(id(dep.target.module))
             if name is None:
                 continue
-            outputs = graph.is_out_channel_pruning_fn(dep.handler)
-            record, width = (self.kept_outputs, _out_channels) if outputs else (self.kept_inputs, _in_channels)
+            side = "out" if graph.is_out_channel_pruning_fn(dep.handler) else "in"
+            record = self.kept_outputs if side == "out" else self.kept_inputs
             removed = {int(getattr(i, "idx", i)) for i in idxs}
-            current = record.get(name) or list(range(width(dep.target.module)))
+            current = record.get(name) or list(range(_channels(dep.target.module, side)))
             record[name] = [c for i, c in enumerate(current) if i not in removed]
 
     def _backward(self, loss_fn: Callable[[Any], Any]) -> None:
@@ -240,18 +240,12 @@ def kept_modules(model: Any, patterns: tuple[str, ...], option: str = "--keep") 
     return tuple(kept)
 
 
-def _in_channels(module: Any) -> int:
-    for attr in ("in_channels", "in_features", "num_features", "num_parameters"):
+def _channels(module: Any, side: str = "out") -> int:
+    """A module's output (``side="out"``) or input (``"in"``) channel count."""
+    for attr in (f"{side}_channels", f"{side}_features", "num_features", "num_parameters"):
         if isinstance(getattr(module, attr, None), int):
             return getattr(module, attr)
-    return int(module.weight.shape[1])
-
-
-def _out_channels(module: Any) -> int:
-    for attr in ("out_channels", "out_features", "num_features", "num_parameters"):
-        if isinstance(getattr(module, attr, None), int):
-            return getattr(module, attr)
-    return int(module.weight.shape[0])
+    return int(module.weight.shape[0 if side == "out" else 1])
 
 
 # -- helpers -----------------------------------------------------------------------------------------------
