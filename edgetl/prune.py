@@ -71,6 +71,9 @@ class PruneConfig:
     mixup: float = 0.0
     """Mix recovery batches (Beta(mixup, mixup) weights; 0: off): the parent labels every mixed image, so a
     small training set gives new inputs at every epoch."""
+    augment_strength: float | None = None
+    """How hard recovery distorts its training images, 0-2 (default: the parent run's): the parent labels each
+    distorted view, so stronger crops and colour jitter teach the pruned model on more of its function."""
     patience: int | None = 6
     """Stop recovery after this many epochs without a better val top-1 (0: never)."""
     batch_size: int | None = None
@@ -114,6 +117,8 @@ class PruneConfig:
             raise ConfigError("--epochs must be at least 1 and --step-epochs cannot be negative")
         if self.temperature <= 0 or not 0 <= self.alpha <= 1:
             raise ConfigError(f"--temperature must be > 0 and --alpha in [0, 1], got {self.temperature}, {self.alpha}")
+        if self.augment_strength is not None and not 0 <= self.augment_strength <= 2:
+            raise ConfigError(f"--augment-strength must be in [0, 2], got {self.augment_strength}")
         if self.feature_weight < 0 or self.mixup < 0:
             raise ConfigError(f"--feature-weight and --mixup cannot be negative, got {self.feature_weight}, {self.mixup}")
         if self.reconstruct_scope not in SCOPES:
@@ -233,10 +238,11 @@ class _Job:
         manifest, inputs = _check_parent(parent_dir)
         teacher, _ = load_run_model(parent_dir)
         recorded = FinetuneConfig.from_dict(manifest.stage("finetune")["options"])
+        strength = recorded.augment_strength if config.augment_strength is None else config.augment_strength
         recovery = FinetuneConfig.from_dict({
             **recorded.to_dict(), "strategy": "full", "epochs": config.epochs, "lr": config.lr, "warmup_epochs": 1, "backbone_lr_scale": 1.0,
             "patience": config.patience or None, "seed": config.seed, "workers": config.workers,
-            "freeze_bn": config.reconstruct,
+            "freeze_bn": config.reconstruct, "augment_strength": strength,
             "batch_size": config.batch_size or recorded.batch_size, "probe_epochs": 0, "cache_features": False})
         splits = _resumed_splits(manifest, recovery)
         size = manifest.preprocessing.get("input_size") or manifest.model.get("input_size")
@@ -402,7 +408,7 @@ class _Job:
 
         spec = PreprocessSpec.from_dict(self.parent.preprocessing)
         samples = samples if samples is not None else (self.splits.train if train else self.splits.val)
-        transform = spec.train_transform(self.recovery.augment) if train else spec.eval_transform()
+        transform = spec.train_transform(self.recovery.augment, self.recovery.augment_strength) if train else spec.eval_transform()
         return make_loader(samples, transform, self.recovery.batch_size, shuffle=train, workers=0,
                            seed=self.config.seed)
 

@@ -30,7 +30,8 @@ def parent(learned_base, tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def child(parent) -> Path:
     result = prune(parent, PruneConfig(ratio=0.4, epochs=2, patience=None, workers=0, round_to=8, feature_weight=0.5,
-                                       mixup=0.2, feature_layers=("blocks.*.*.conv_pwl",)), progress=False)
+                                       mixup=0.2, feature_layers=("blocks.*.*.conv_pwl",), augment_strength=1.5),
+                   progress=False)
     return result.run_dir
 
 
@@ -51,6 +52,9 @@ def test_child_run_records_its_parent_and_the_report(parent, child):
     assert repair["images"] == len(json.loads((parent / "split.json").read_text())["train"]["files"])
     assert 0 <= report["top1_pruned"] <= 1 and 0 <= report["top1_repaired"] <= 1
     assert report["top1_recovered"] == data["stages"]["finetune"]["metrics"]["top1"]
+    # recovery trains with the fixture's --augment-strength, not the parent's (1.0)
+    assert data["stages"]["finetune"]["options"]["augment_strength"] == 1.5
+    assert _manifest(parent)["stages"]["finetune"]["options"]["augment_strength"] == 1.0
     assert report["checkpoint_bytes_after"] < report["checkpoint_bytes_before"]
     # conv_head lost channels, so the classifier reads fewer features: which of the parent's, for the
     # feature distillation (the fixture recovers with --feature-weight)
@@ -162,7 +166,8 @@ def test_scope_all_re_solves_every_layer_on_augmented_views(parent, child, tmp_p
 def test_bad_requests(parent, tmp_path):
     for bad in ({"ratio": 0.0}, {"ratio": 1.0}, {"ratio": 1.5}, {"ratio": 0.3, "target_macs": "1G"},
                 {"target_macs": "lots"}, {"importance": "random"}, {"alpha": 2.0},
-                {"reconstruct_scope": "some"}, {"calibration_views": 0}, {"ratio": 0.3, "epochs": 0}):
+                {"reconstruct_scope": "some"}, {"calibration_views": 0}, {"ratio": 0.3, "epochs": 0},
+                {"augment_strength": 2.5}, {"augment_strength": -0.1}):
         with pytest.raises(ConfigError):
             PruneConfig(**bad)
     assert parse_macs("0.2G") == 2e8 and parse_macs("150M") == 1.5e8
