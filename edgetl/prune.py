@@ -74,6 +74,9 @@ class PruneConfig:
     augment_strength: float | None = None
     """How hard recovery distorts its training images, 0-2 (default: the parent run's): the parent labels each
     distorted view, so stronger crops and colour jitter teach the pruned model on more of its function."""
+    ema: float | None = None
+    """Evaluate and keep an exponential moving average of the recovery's weights (largest decay per step, e.g.
+    0.98): a steadier val top-1 to stop on and keep. Off by default."""
     patience: int | None = 6
     """Stop recovery after this many epochs without a better val top-1 (0: never)."""
     batch_size: int | None = None
@@ -117,6 +120,8 @@ class PruneConfig:
             raise ConfigError("--epochs must be at least 1 and --step-epochs cannot be negative")
         if self.temperature <= 0 or not 0 <= self.alpha <= 1:
             raise ConfigError(f"--temperature must be > 0 and --alpha in [0, 1], got {self.temperature}, {self.alpha}")
+        if self.ema is not None and not 0 < self.ema < 1:
+            raise ConfigError(f"--ema is a decay in (0, 1), got {self.ema}")
         if self.augment_strength is not None and not 0 <= self.augment_strength <= 2:
             raise ConfigError(f"--augment-strength must be in [0, 2], got {self.augment_strength}")
         if self.feature_weight < 0 or self.mixup < 0:
@@ -242,7 +247,7 @@ class _Job:
         recovery = FinetuneConfig.from_dict({
             **recorded.to_dict(), "strategy": "full", "epochs": config.epochs, "lr": config.lr, "warmup_epochs": 1, "backbone_lr_scale": 1.0,
             "patience": config.patience or None, "seed": config.seed, "workers": config.workers,
-            "freeze_bn": config.reconstruct, "augment_strength": strength,
+            "freeze_bn": config.reconstruct, "augment_strength": strength, "ema": config.ema,
             "batch_size": config.batch_size or recorded.batch_size, "probe_epochs": 0, "cache_features": False})
         splits = _resumed_splits(manifest, recovery)
         size = manifest.preprocessing.get("input_size") or manifest.model.get("input_size")

@@ -214,6 +214,30 @@ def test_config_validation():
     assert FinetuneConfig(data="/d/flowers", model="resnet50").run_name == "flowers-resnet50"
 
 
+def test_ema_weights_are_the_ones_evaluated_and_saved(split_folder: Path, tmp_path: Path):
+    """With ``ema`` the checkpoint holds the weight average of its epoch, not the raw weights, and the
+    recorded val metrics are the checkpoint's."""
+    import numpy as np
+
+    from edgetl.backends import create_runner
+    from edgetl.data import load_array, run_eval_samples
+    from edgetl.preprocessing import PreprocessSpec
+
+    with pytest.raises(ConfigError, match="ema"):
+        FinetuneConfig(data="x", ema=1.0)
+    result = finetune(config(split_folder, tmp_path / "run", ema=0.9, save_every_epoch=True, epochs=3), progress=False)
+    run = result.run_dir
+    best = torch.load(run / "checkpoint.pt", weights_only=True)
+    state = torch.load(run / "checkpoints" / f"epoch_{best['epoch']:03d}.pt", weights_only=True)
+    floats = [name for name, t in state["model"].items() if t.is_floating_point()]
+    assert all(torch.equal(best["state_dict"][name], state["ema"][name]) for name in state["ema"])
+    assert any(not torch.equal(state["ema"][name], state["model"][name]) for name in floats)
+    manifest = Manifest.load(run)
+    images, labels = load_array(run_eval_samples(manifest), PreprocessSpec.from_dict(manifest.data["preprocessing"]))
+    predictions = create_runner("torch", run / "checkpoint.pt").infer(images).argmax(1)
+    assert result.metrics["top1"] == float(np.mean(predictions == labels))
+
+
 def test_metrics_json_has_history(split_folder: Path, tmp_path: Path):
     finetune(config(split_folder, tmp_path / "run"), progress=False)
     data = json.loads((tmp_path / "run" / "metrics.json").read_text())
@@ -238,8 +262,9 @@ else:
 """
 
 
-@pytest.mark.parametrize("strategy,workers", [("full", 0), ("full", 1), ("linear-probe", 0)])
-def test_kill_9_then_resume_equals_an_uninterrupted_run(split_folder: Path, tmp_path: Path, strategy, workers):
+@pytest.mark.parametrize("strategy,workers,ema", [("full", 0, None), ("full", 1, None), ("linear-probe", 0, None),
+                                                  ("full", 0, 0.9)])
+def test_kill_9_then_resume_equals_an_uninterrupted_run(split_folder: Path, tmp_path: Path, strategy, workers, ema):
     """Bit for bit: the data order, augmentations and dropout of epochs 2-3 do not depend on the restart.
 
     Every run is its own process, as from the CLI (forking loader workers inside a test process that has
@@ -254,7 +279,7 @@ def test_kill_9_then_resume_equals_an_uninterrupted_run(split_folder: Path, tmp_
         return proc.returncode
 
     settings = dict(data=str(split_folder), model="mobilenet_v3_small", pretrained=False, image_size=32, epochs=3,
-                    batch_size=4, workers=workers, patience=None, strategy=strategy, threads=1)
+                    batch_size=4, workers=workers, patience=None, strategy=strategy, threads=1, ema=ema)
     assert train("run", repr({**settings, "output": str(tmp_path / "straight")})) == 0
     killed = tmp_path / "killed"
     assert train("kill", repr({**settings, "output": str(killed)})) == -signal.SIGKILL
@@ -266,6 +291,9 @@ def test_kill_9_then_resume_equals_an_uninterrupted_run(split_folder: Path, tmp_
     assert a["epoch"] == b["epoch"] == 3
     for name, tensor in a["model"].items():
         assert torch.equal(tensor, b["model"][name]), name
+    assert ("ema" in a) == ("ema" in b) == (ema is not None)
+    for name, tensor in a.get("ema", {}).items():  # the weight average resumes where it stopped
+        assert torch.equal(tensor, b["ema"][name]), name
     assert [h["train_loss"] for h in a["history"]] == [h["train_loss"] for h in b["history"]]
 
 

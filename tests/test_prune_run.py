@@ -30,7 +30,8 @@ def parent(learned_base, tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def child(parent) -> Path:
     result = prune(parent, PruneConfig(ratio=0.4, epochs=2, patience=None, workers=0, round_to=8, feature_weight=0.5,
-                                       mixup=0.2, feature_layers=("blocks.*.*.conv_pwl",), augment_strength=1.5),
+                                       mixup=0.2, feature_layers=("blocks.*.*.conv_pwl",), augment_strength=1.5,
+                                       ema=0.9),
                    progress=False)
     return result.run_dir
 
@@ -54,6 +55,7 @@ def test_child_run_records_its_parent_and_the_report(parent, child):
     assert report["top1_recovered"] == data["stages"]["finetune"]["metrics"]["top1"]
     # recovery trains with the fixture's --augment-strength, not the parent's (1.0)
     assert data["stages"]["finetune"]["options"]["augment_strength"] == 1.5
+    assert data["stages"]["finetune"]["options"]["ema"] == 0.9  # the kept weights are the recovery's average
     assert _manifest(parent)["stages"]["finetune"]["options"]["augment_strength"] == 1.0
     assert report["checkpoint_bytes_after"] < report["checkpoint_bytes_before"]
     # conv_head lost channels, so the classifier reads fewer features: which of the parent's, for the
@@ -167,7 +169,7 @@ def test_bad_requests(parent, tmp_path):
     for bad in ({"ratio": 0.0}, {"ratio": 1.0}, {"ratio": 1.5}, {"ratio": 0.3, "target_macs": "1G"},
                 {"target_macs": "lots"}, {"importance": "random"}, {"alpha": 2.0},
                 {"reconstruct_scope": "some"}, {"calibration_views": 0}, {"ratio": 0.3, "epochs": 0},
-                {"augment_strength": 2.5}, {"augment_strength": -0.1}):
+                {"augment_strength": 2.5}, {"augment_strength": -0.1}, {"ema": 0.0}, {"ema": 1.0}):
         with pytest.raises(ConfigError):
             PruneConfig(**bad)
     assert parse_macs("0.2G") == 2e8 and parse_macs("150M") == 1.5e8

@@ -96,6 +96,7 @@ class Trainer:
                                         backbone_lr_scale=config.backbone_lr_scale, weight_decay=config.weight_decay)
         warmup = 0 if config.strategy == "linear-probe" else int(config.warmup_epochs * self.steps_per_epoch)
         self.scheduler = warmup_cosine(self.optimizer, config.epochs * self.steps_per_epoch, warmup)
+        self.ema = _make_ema(self.model, config.ema)
         self.callbacks = list(callbacks or []) + ([EarlyStopping(config.patience)] if config.patience else [])
         self.history: list[dict[str, Any]] = []
         self.epoch = 0
@@ -130,7 +131,19 @@ class Trainer:
         return {**({"rng_ranks": self.rank_rngs} if self.rank_rngs else {}), "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
                 "scheduler": self.scheduler.state_dict(), "epoch": self.epoch, "best": self.best,
                 "best_epoch": self.best_epoch, "bad_epochs": self.bad_epochs, "history": self.history,
-                "rng": torch.get_rng_state(), "python_rng": random.getstate()}
+                "rng": torch.get_rng_state(), "python_rng": random.getstate(),
+                **({"ema": self.ema.module.state_dict()} if self.ema is not None else {})}
+
+    @property
+    def eval_model(self) -> Any:
+        """The weights evaluated and saved: the moving average with ``ema``, else the trained ones."""
+        return self.ema.module if self.ema is not None else self.model
+
+    def _step(self, optimizer, scheduler) -> None:
+        optimizer.step()
+        scheduler.step()
+        if self.ema is not None and optimizer is self.optimizer:  # not the LP-FT head probe
+            self.ema.update(self.model, step=self.scheduler.last_epoch)
 
     def _rank_rngs(self) -> list[Any] | None:
         """Every rank's RNG states (collective; None with one process): a resumed rank continues its own."""
@@ -150,7 +163,7 @@ class Trainer:
     def _save_best(self) -> None:
         import torch
 
-        payload = {"state_dict": self.model.state_dict(), "model_name": self.bundle.name,
+        payload = {"state_dict": self.eval_model.state_dict(), "model_name": self.bundle.name,
                    "num_classes": len(self.classes), "classes": self.classes, "epoch": self.epoch,
                    "image_size": self.bundle.preprocess.input_size}
         if self.bundle.architecture is not None:  # a pruned model: channels per layer, to rebuild it
@@ -163,6 +176,8 @@ class Trainer:
 
         state = torch.load(self.run_dir / "checkpoints" / "last.pt", map_location="cpu", weights_only=True)
         self.model.load_state_dict(state["model"])
+        if self.ema is not None:
+            self.ema.module.load_state_dict(state["ema"] if "ema" in state else state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         try:
             self.scheduler.load_state_dict(state["scheduler"])
@@ -244,8 +259,7 @@ class Trainer:
             logits, loss = self._forward_loss(images, targets)
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
-            self.optimizer.step()
-            self.scheduler.step()
+            self._step(self.optimizer, self.scheduler)
             total_loss += loss.item() * len(targets)
             correct += (logits.argmax(1) == targets).sum().item()
             seen += len(targets)
@@ -270,8 +284,7 @@ class Trainer:
             loss = self.loss.on_logits(logits, labels[idx])
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
-            optimizer.step()
-            scheduler.step()
+            self._step(optimizer, scheduler)
             total_loss += loss.item() * len(idx)
             correct += (logits.argmax(1) == labels[idx]).sum().item()
         self.dist.sync_module(head)  # every rank trained the head alike on all features: keep rank 0's
@@ -297,16 +310,17 @@ class Trainer:
     def _evaluate(self, feats=None, labels=None) -> tuple[np.ndarray, np.ndarray, float]:
         import torch
 
-        self.model.eval()
+        model = self.eval_model
+        model.eval()
         with torch.inference_mode():
             if feats is not None:
-                logits = self.model.get_submodule(self.bundle.head[0])(feats)
+                logits = model.get_submodule(self.bundle.head[0])(feats)
                 targets = labels
             else:
-                self.dist.sync_module(self.model, parameters=False)  # rank 0's BatchNorm statistics
+                self.dist.sync_module(model, parameters=False)  # rank 0's BatchNorm statistics
                 outs, tgts = [], []
                 for images, batch_targets in self.val_loader:  # this rank's shard of val, gathered in order
-                    outs.append(self.model(images))
+                    outs.append(model(images))
                     tgts.append(batch_targets)
                 logits, targets = self.dist.gather(torch.cat(outs)), self.dist.gather(torch.cat(tgts))
             loss = torch.nn.functional.cross_entropy(logits, targets).item()
@@ -411,7 +425,10 @@ class Trainer:
         import torch
 
         best = torch.load(self.run_dir / "checkpoint.pt", map_location="cpu", weights_only=True) if self.is_main else None
-        self.model.load_state_dict(self.dist.broadcast(best)["state_dict"])
+        best = self.dist.broadcast(best)["state_dict"]
+        self.model.load_state_dict(best)
+        if self.ema is not None:  # the best weights were the average's
+            self.ema.module.load_state_dict(best)
         # a linear probe's backbone is frozen: its cached val features still hold, only the head ran again
         logits, labels, val_loss = self._evaluate(*(self.val_feats if self.cached and self.val_feats else ()))
         metrics = classification_metrics(logits, labels, self.classes)
@@ -429,6 +446,19 @@ class Trainer:
         self.manifest.stages[STAGE]["history"] = self.history
         self.manifest.finish(STAGE, metrics)
         return FinetuneResult(self.run_dir, metrics, self.history, wall)
+
+
+def _make_ema(model: Any, decay: float | None) -> Any:
+    """timm's weight average (buffers too), its decay warmed up over the first steps; None when off."""
+    if decay is None:
+        return None
+    from timm.utils import ModelEmaV3
+
+    ema = ModelEmaV3(model, decay=decay, use_warmup=True)
+    for module in ema.module.modules():  # the copy must not feed a distillation loss's feature hooks
+        module._forward_hooks.clear()
+        module._forward_pre_hooks.clear()
+    return ema
 
 
 class EarlyStopping:

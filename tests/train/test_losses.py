@@ -111,3 +111,24 @@ def test_feature_points_without_a_student_are_refused():
 
     with pytest.raises(ConfigError, match="student"):
         DistillationLoss(_net(0), feature_weight=1.0, feature_points=[("3", "input", None)])
+
+
+def test_weight_average_of_a_distilled_student_feeds_no_feature_hooks():
+    """The EMA copy is made after the loss hooked the student: evaluating the copy must leave the loss's
+    captured features alone (they are the training batch's), while the student still feeds them."""
+    from edgetl.train.trainer import _make_ema
+
+    teacher, student = _net(0), _net(1)
+    loss = DistillationLoss(teacher, 2.0, 0.5, student=student, feature_weight=0.3, feature_points=[("3", "input", None)])
+    ema = _make_ema(student, 0.9)
+    assert sum(len(m._forward_hooks) + len(m._forward_pre_hooks) for m in ema.module.modules()) == 0
+    assert sum(len(m._forward_hooks) + len(m._forward_pre_hooks) for m in student.modules()) > 0
+    images, targets = torch.randn(4, 3, 2, 2), torch.tensor([0, 1, 1, 0])
+    student.train()
+    _, before = loss(student(images), targets, inputs=images)
+    logits = student(images)
+    ema.module(torch.randn(4, 3, 2, 2) * 100)  # would overwrite the student's captured features if hooked
+    _, after = loss(logits, targets, inputs=images)
+    assert torch.allclose(before, after)
+    loss.close()
+    assert _make_ema(student, None) is None
