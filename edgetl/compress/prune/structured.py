@@ -97,6 +97,16 @@ class PruneSettings:
         return None if self.round_to in (None, 1) else self.round_to
 
 
+def _round_kept(n_pruned: int, current: int, round_to: int) -> int:
+    """Channels to remove so that a multiple of ``round_to`` stays, and at least ``round_to``.
+
+    Torch-Pruning rounds the kept count down, to 0 for a narrow group (32 channels at ratio 0.6 keep 12.8
+    -> 0), and then skips the group: a stem stayed whole whatever the ratio. Here it keeps 16."""
+    kept = current - n_pruned
+    kept = max(round_to, kept - kept % round_to)
+    return max(current - kept, 0)
+
+
 class StructuredPruner:
     """One Torch-Pruning run over ``model`` (pruned in place), step by step.
 
@@ -133,6 +143,8 @@ class StructuredPruner:
                 raise
             except Exception as exc:
                 raise ModelError(failure_message(model, exc, "build the dependency graph of", TRACE_ADVICE)) from exc
+        if hasattr(self._pruner, "_round_to"):
+            self._pruner._round_to = _round_kept
         if getattr(self._pruner, "initial_total_channels", None) == 0:
             raise ModelError(f"Torch-Pruning found no prunable channel group in {type(model).__name__}: every conv/"
                              "linear layer is ignored, or its forward has no autograd history (detached, run under "
