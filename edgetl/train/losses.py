@@ -9,6 +9,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+from ..errors import ConfigError
+
 
 class ClassificationLoss:
     """Cross-entropy with label smoothing; auxiliary logits (a tuple output) weigh ``aux_weight``."""
@@ -57,8 +59,6 @@ class DistillationLoss:
         self.hard = ClassificationLoss(label_smoothing)
         self._mixed: tuple[float, Any] | None = None
         if feature_weight > 0 and feature_points and student is None:
-            from ..errors import ConfigError
-
             raise ConfigError("feature distillation needs the student model (student=...) to read its activations")
         self._taps = [(_Tap(student.get_submodule(name), side), _Tap(teacher.get_submodule(name), side), index)
                       for name, side, index in feature_points] if feature_weight > 0 else []

@@ -177,7 +177,7 @@ class Trainer:
         state = torch.load(self.run_dir / "checkpoints" / "last.pt", map_location="cpu", weights_only=True)
         self.model.load_state_dict(state["model"])
         if self.ema is not None:
-            self.ema.module.load_state_dict(state["ema"] if "ema" in state else state["model"])
+            self.ema.module.load_state_dict(state["ema"])  # ema cannot change on resume: it was saved
         self.optimizer.load_state_dict(state["optimizer"])
         try:
             self.scheduler.load_state_dict(state["scheduler"])
