@@ -67,7 +67,8 @@ def _finetune_options(command):
         "val": Opt(type=click.Path(path_type=Path)),
         "image_size": Opt(type=click.IntRange(min=8)),
         "patience": Opt(type=click.IntRange(min=0), to_field=lambda v: v or None,
-                        help="Early stopping after N epochs without a better val top-1 (0: off)."),
+                        help="Early stopping after N epochs without a better val top-1 (or the same at a lower "
+                             "val loss; 0: off)."),
         "cache_features": Opt(("--no-cache", "--no-cache-features"),
                               help="linear-probe: run the backbone every epoch instead of caching features."),
         "workers": Opt(type=click.IntRange(min=0), help="Data loader processes."),

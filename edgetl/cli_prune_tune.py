@@ -16,6 +16,9 @@ def _prune_options(command):
     return options_from(PruneConfig, custom={
         "ratio": Opt(type=click.FloatRange(0, 1, min_open=True, max_open=True)),
         "importance": Opt(type=click.Choice(IMPORTANCES)),
+        "layer_ratio": Opt(multiple=True, help="Another --ratio for some modules: NAME=RATIO, a module name or "
+                           "pattern (a block's name covers its layers; later ones win), e.g. conv_head=0.3 or "
+                           "'blocks.5.*=0.5' (repeatable; with --ratio only)."),
         "keep": Opt(multiple=True, help="Module name kept whole, besides the classifier (repeatable)."),
         "feature_layers": Opt(multiple=True, help="With --feature-weight, also match this module's output to the "
                               "parent's (a name or pattern; repeatable)."),

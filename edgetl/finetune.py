@@ -72,7 +72,7 @@ class FinetuneConfig:
     cache_features: bool = True
     """linear-probe only: compute backbone features once and train the head on them."""
     patience: int | None = 5
-    """Stop after this many epochs without a better val top-1 (None: never)."""
+    """Stop after this many epochs without a better val top-1, or the same top-1 at a lower val loss (None: never)."""
     val: str | None = None
     """Explicit validation folder (default: ROOT/val, or a split of the training folder)."""
     val_fraction: float = 0.2

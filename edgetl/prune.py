@@ -17,7 +17,7 @@ from typing import Any
 
 from .compress.prune.counting import prune_report, standard_macs
 from .compress.prune.reconstruct import SCOPES
-from .compress.prune.structured import PruneSettings, kept_modules
+from .compress.prune.structured import PruneSettings, kept_modules, layer_ratio_modules, parse_layer_ratios
 from .compress.prune.recovery import distillation
 from .errors import ConfigError, RunFolderError
 
@@ -44,6 +44,9 @@ class PruneConfig:
     """Channel importance: reconstruction (drop the channels the consuming layer can best do without once
     re-solved by least squares; needs no labels), magnitude (L2 of weights), taylor (weight x gradient on a
     training batch) or lamp."""
+    layer_ratio: tuple[str, ...] = ()
+    """Another ratio for some modules, NAME=RATIO (a name or pattern; a block's name covers its layers; later
+    ones win), e.g. ``conv_head=0.3`` or ``'blocks.5.*=0.5'``; with --ratio only."""
     global_pruning: bool = False
     """Rank channels across layers (uneven ratios) instead of the same ratio in every layer."""
     round_to: int | None = 16
@@ -78,7 +81,7 @@ class PruneConfig:
     """Evaluate and keep an exponential moving average of the recovery's weights (largest decay per step, e.g.
     0.98): a steadier val top-1 to stop on and keep. Off by default."""
     patience: int | None = 6
-    """Stop recovery after this many epochs without a better val top-1 (0: never)."""
+    """Stop recovery after this many epochs without a better val top-1 (or the same at a lower val loss; 0: never)."""
     batch_size: int | None = None
     """Recovery batch size (default: the parent run's)."""
     reconstruct: bool = True
@@ -133,6 +136,9 @@ class PruneConfig:
         if self.round_to is not None and self.round_to < 1:
             raise ConfigError(f"--round-to must be at least 1, got {self.round_to}")
         self.keep, self.feature_layers = tuple(self.keep or ()), tuple(self.feature_layers or ())
+        self.layer_ratio = tuple(f"{n}={r}" for n, r in parse_layer_ratios(self.layer_ratio))
+        if self.layer_ratio and self.ratio is None:
+            raise ConfigError("--layer-ratio sets final per-layer ratios: use it with --ratio, not with a target")
 
 
 def parse_macs(text: str) -> float:
@@ -309,7 +315,8 @@ class _Job:
         cfg = self.config
         settings = PruneSettings(ratio=cfg.ratio or cfg.step_ratio, importance=cfg.importance,
                                  global_pruning=cfg.global_pruning, round_to=cfg.round_to,
-                                 ignored=kept_modules(self.student, cfg.keep))
+                                 ignored=kept_modules(self.student, cfg.keep),
+                                 layer_ratios=layer_ratio_modules(self.student, parse_layer_ratios(cfg.layer_ratio)))
         loss_fn = self._taylor_loss() if cfg.importance == "taylor" else None
         if cfg.ratio is not None:
             self._step(settings, heads, loss_fn)

@@ -353,3 +353,21 @@ def test_a_last_batch_of_one_image_does_not_break_batchnorm(tmp_path: Path):
     cfg = config(data, tmp_path / "run", val_fraction=0.1, batch_size=4, epochs=1, freeze_bn=False)
     result = finetune(cfg, progress=False)  # BatchNorm in training mode cannot take a batch of one image
     assert result.metrics["epochs_run"] == 1
+
+
+def test_a_tie_on_val_top1_is_broken_by_val_loss(split_folder: Path, tmp_path: Path):
+    """The kept epoch has the best val top-1 and, among epochs that share it, the lowest val loss; patience
+    counts only epochs that improve neither (8 val images: a linear probe ties on top-1 from epoch to epoch)."""
+    cfg = config(split_folder, tmp_path / "run", strategy="linear-probe", model="efficientnet_lite0",
+                 pretrained=True, epochs=6, lr=0.01, patience=2)
+    result = finetune(cfg, progress=False)
+    history = result.history
+    top = max(h["val_top1"] for h in history)
+    tied = [h for h in history if h["val_top1"] == top]
+    assert len(tied) >= 2, history  # the rule is exercised: the first such epoch is not simply kept
+    best = min(tied, key=lambda h: h["val_loss"])
+    assert result.metrics["best_epoch"] == best["epoch"] and best is not tied[0], history
+    assert result.metrics["val_loss"] == pytest.approx(best["val_loss"], abs=1e-4)
+    # patience 2 runs out only after two epochs that improve neither top-1 nor, at the same top-1, val loss
+    stale = [h["epoch"] for h in history if h["epoch"] > best["epoch"]]
+    assert result.metrics["epochs_run"] == (cfg.epochs if len(stale) < 2 else best["epoch"] + 2), history

@@ -31,7 +31,7 @@ def parent(learned_base, tmp_path_factory) -> Path:
 def child(parent) -> Path:
     result = prune(parent, PruneConfig(ratio=0.4, epochs=2, patience=None, workers=0, round_to=8, feature_weight=0.5,
                                        mixup=0.2, feature_layers=("blocks.*.*.conv_pwl",), augment_strength=1.5,
-                                       ema=0.9),
+                                       ema=0.9, layer_ratio=("conv_head=0.2",)),
                    progress=False)
     return result.run_dir
 
@@ -64,7 +64,8 @@ def test_child_run_records_its_parent_and_the_report(parent, child):
 
     features = report["classifier_inputs_kept"]
     classifier = load_run_model(child)[0].get_submodule(data["model"]["head"][0])
-    assert len(features) == classifier.in_features < 1280 and features == sorted(set(features))
+    assert len(features) == classifier.in_features == 1024 and features == sorted(set(features))  # --layer-ratio 0.2
+    assert data["stages"]["prune"]["options"]["layer_ratio"] == ["conv_head=0.2"]
     assert 0 <= features[0] and features[-1] < 1280
     # the two counters agree within 2 %, or the report says why they differ (never neither, never both)
     assert report["macs_torch_pruning_after"] > 0
@@ -169,7 +170,9 @@ def test_bad_requests(parent, tmp_path):
     for bad in ({"ratio": 0.0}, {"ratio": 1.0}, {"ratio": 1.5}, {"ratio": 0.3, "target_macs": "1G"},
                 {"target_macs": "lots"}, {"importance": "random"}, {"alpha": 2.0},
                 {"reconstruct_scope": "some"}, {"calibration_views": 0}, {"ratio": 0.3, "epochs": 0},
-                {"augment_strength": 2.5}, {"augment_strength": -0.1}, {"ema": 0.0}, {"ema": 1.0}):
+                {"augment_strength": 2.5}, {"augment_strength": -0.1}, {"ema": 0.0}, {"ema": 1.0},
+                {"layer_ratio": ("conv_head",)}, {"layer_ratio": ("conv_head=1.2",)},
+                {"target_macs": "0.2G", "layer_ratio": ("conv_head=0.2",)}):
         with pytest.raises(ConfigError):
             PruneConfig(**bad)
     assert parse_macs("0.2G") == 2e8 and parse_macs("150M") == 1.5e8
@@ -177,6 +180,10 @@ def test_bad_requests(parent, tmp_path):
         prune(parent, PruneConfig(ratio=0.3, feature_weight=1.0, feature_layers=("blocks.*.conv_nothing",),
                                   output=str(tmp_path / "badfeat")), progress=False)
     assert not (tmp_path / "badfeat").exists()
+    with pytest.raises(ConfigError, match="--layer-ratio 'conv_hed' matches no module.*conv_head"):
+        prune(parent, PruneConfig(ratio=0.3, layer_ratio=("conv_hed=0.5",), output=str(tmp_path / "badratio")),
+              progress=False)
+    assert not (tmp_path / "badratio").exists()
     with pytest.raises(RunFolderError, match="not an edgetl run folder"):
         prune(tmp_path, PruneConfig(ratio=0.3))
     empty = tmp_path / "nockpt"

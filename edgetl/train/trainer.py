@@ -101,6 +101,8 @@ class Trainer:
         self.history: list[dict[str, Any]] = []
         self.epoch = 0
         self.best = -1.0
+        self.best_loss = float("inf")
+        """Val loss of the best epoch: an epoch that ties on top-1 improves when its val loss is lower."""
         self.best_epoch = -1
         self.bad_epochs = 0
 
@@ -130,7 +132,7 @@ class Trainer:
 
         return {**({"rng_ranks": self.rank_rngs} if self.rank_rngs else {}), "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
                 "scheduler": self.scheduler.state_dict(), "epoch": self.epoch, "best": self.best,
-                "best_epoch": self.best_epoch, "bad_epochs": self.bad_epochs, "history": self.history,
+                "best_loss": self.best_loss, "best_epoch": self.best_epoch, "bad_epochs": self.bad_epochs, "history": self.history,
                 "rng": torch.get_rng_state(), "python_rng": random.getstate(),
                 **({"ema": self.ema.module.state_dict()} if self.ema is not None else {})}
 
@@ -187,6 +189,7 @@ class Trainer:
             raise RunFolderError(f"{self.run_dir}/checkpoints/last.pt holds a learning-rate schedule of an older "
                                  "edgetl that this one cannot continue: fine-tune again with --overwrite") from None
         self.epoch, self.best, self.best_epoch = state["epoch"], state["best"], state["best_epoch"]
+        self.best_loss = state.get("best_loss", float("-inf"))  # an older run's: ties never improve, as it ran
         self.bad_epochs, self.history = state["bad_epochs"], state["history"]
         ranks = state.get("rng_ranks")
         if ranks and len(ranks) == self.dist.world:
@@ -381,14 +384,14 @@ class Trainer:
                                  "train_top1": round(train_acc, 5), "val_loss": round(val_loss, 5),
                                  "val_top1": round(val_top1, 5), "lr": self.optimizer.param_groups[0]["lr"],
                                  "unfrozen_groups": unfrozen, "time_s": round(time.perf_counter() - epoch_start, 2)})
-            self._end_epoch(val_top1)
+            self._end_epoch(val_top1, val_loss)
             progress.update(epochs_task, advance=1,
                             status=f"val top-1 {100 * val_top1:.1f}% (best {100 * self.best:.1f}%)")
 
     def _start_candidate(self) -> None:
         """Epoch 0: the model as given is the best so far (checkpoint written, staging promoted)."""
         logits, labels, val_loss = self._evaluate()
-        self.best, self.best_epoch = float((logits.argmax(1) == labels).mean()), 0
+        self.best, self.best_loss, self.best_epoch = float((logits.argmax(1) == labels).mean()), val_loss, 0
         self.rank_rngs = self._rank_rngs()
         if self.is_main:
             self._save_best()
@@ -397,11 +400,13 @@ class Trainer:
                 self.run_dir = self.manifest.run_dir = self.staging.promote()
         log.info("epoch 0 (before training): val loss %.3f  val top-1 %.2f%% *", val_loss, 100 * self.best)
 
-    def _end_epoch(self, val_top1: float) -> bool:
-        """Checkpoints, moving a new run into place after its first epoch, then the callbacks."""
-        improved = val_top1 > self.best
+    def _end_epoch(self, val_top1: float, val_loss: float) -> bool:
+        """Checkpoints, moving a new run into place after its first epoch, then the callbacks. An epoch
+        improves on a higher val top-1, or the same top-1 at a lower val loss (a flat top-1 curve, as weight
+        averaging gives, keeps the better-fitted epoch and does not run out of patience while loss falls)."""
+        improved = val_top1 > self.best or (val_top1 == self.best and val_loss < self.best_loss)
         if improved:
-            self.best, self.best_epoch, self.bad_epochs = val_top1, self.epoch, 0
+            self.best, self.best_loss, self.best_epoch, self.bad_epochs = val_top1, val_loss, self.epoch, 0
         else:
             self.bad_epochs += 1
         self.rank_rngs = self._rank_rngs()
@@ -462,7 +467,7 @@ def _make_ema(model: Any, decay: float | None) -> Any:
 
 
 class EarlyStopping:
-    """Stop after ``patience`` epochs without a better val top-1."""
+    """Stop after ``patience`` epochs without a better val top-1 (or the same top-1 at a lower val loss)."""
 
     def __init__(self, patience: int) -> None:
         self.patience = patience

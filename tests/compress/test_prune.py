@@ -327,3 +327,43 @@ def test_narrow_groups_round_to_a_multiple_not_to_nothing():
     prune_model(bundle.model, example(), PruneSettings(ratio=0.6, round_to=16), bundle.head)
     assert bundle.model.conv_stem.out_channels == 16
     assert bundle.model.blocks[0][0].conv_dw.weight.shape[0] == 16
+
+
+def test_layer_ratios_override_the_ratio_where_named():
+    """A block's name covers its layers, a later pattern wins for the layers it names, and the rest of the
+    model keeps the global ratio (MobileNetV3-Small, no rounding: each group keeps exactly its share)."""
+    from edgetl.compress.prune.structured import layer_ratio_modules, parse_layer_ratios
+
+    bundle = build_model("mobilenet_v3_small", 2, pretrained=False, image_size=SIZE)
+    model = bundle.model
+    before = {n: c.out_channels for n, c in convs(model).items()}
+    pairs = parse_layer_ratios(["features.9=0.25", "features.9.block.0.0=0.75"])
+    ratios = layer_ratio_modules(model, pairs)
+    assert list(ratios)[-1] == "features.9.block.0.0" and ratios["features.9"] == 0.25
+    prune_model(model, example(), PruneSettings(ratio=0.5, round_to=None, layer_ratios=ratios), bundle.head)
+    after = {n: c.out_channels for n, c in convs(model).items()}
+    assert after["features.9.block.0.0"] == round(before["features.9.block.0.0"] * 0.25)  # 0.75 removed
+    assert after["features.9.block.2.fc1"] == round(before["features.9.block.2.fc1"] * 0.75)  # its block: 0.25
+    assert after["features.8.block.0.0"] == round(before["features.8.block.0.0"] * 0.5)  # the global ratio
+    assert model.eval()(example(2)).shape == (2, 2)
+
+
+@pytest.mark.parametrize("items, match", [(["features.9"], "NAME=RATIO"), (["features.9=1"], "got features.9=1"),
+                                          (["features.9=x"], "ratio in"), ({"features.9": 0}, "ratio in")])
+def test_bad_layer_ratios_are_refused(items, match):
+    from edgetl.compress.prune.structured import parse_layer_ratios
+
+    with pytest.raises(ConfigError, match=match):
+        parse_layer_ratios(items)
+
+
+def test_layer_ratio_pattern_matching_nothing_names_close_modules():
+    from edgetl.compress.prune.structured import layer_ratio_modules
+
+    bundle = build_model("resnet18", 2, pretrained=False, image_size=SIZE)
+    assert layer_ratio_modules(bundle.model, (("layer3.*.conv1", 0.5),)) == {"layer3.0.conv1": 0.5,
+                                                                          "layer3.1.conv1": 0.5}
+    with pytest.raises(ConfigError, match=r"--layer-ratio 'layer9' matches no module.*Did you mean"):
+        layer_ratio_modules(bundle.model, (("layer9", 0.5),))
+    with pytest.raises(ConfigError, match="layer_ratios"):
+        PruneSettings(layer_ratios={"layer3": 1.0})

@@ -23,7 +23,7 @@ import contextlib
 import logging
 import math
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 from ...errors import ConfigError, EdgetlError, ModelError, did_you_mean
@@ -61,12 +61,14 @@ class PruneSettings:
     """Module names whose output channels are kept, besides the classifier heads."""
     iterative_steps: int = 1
     """``ratio`` is reached in this many equal steps (fine-tune between them)."""
+    layer_ratios: dict[str, float] = field(default_factory=dict)
+    """Module name -> the ratio of the channel groups rooted in it (a block's name covers its layers), in
+    place of ``ratio``; a later entry overrides an earlier one for the layers they share."""
     importances: ClassVar[tuple[str, ...]] = ("magnitude", "taylor", "lamp", "reconstruction")
 
     def __post_init__(self) -> None:
         ratio = self.ratio
-        if isinstance(ratio, bool) or not isinstance(ratio, (int, float)) or not math.isfinite(ratio) \
-                or not 0 < ratio < 1:
+        if not _is_ratio(ratio):
             raise ConfigError(f"pruning ratio must be a number between 0 and 1 (exclusive), not {ratio!r}")
         if self.importance not in self.importances:
             raise ConfigError(f"pruning importance must be one of {', '.join(self.importances)}, not "
@@ -83,6 +85,10 @@ class PruneSettings:
         if not isinstance(ignored, (list, tuple)) or not all(isinstance(n, str) and n for n in ignored):
             raise ConfigError(f"pruning ignored must be a list of module names, not {self.ignored!r}")
         self.ignored = tuple(ignored)
+        if not isinstance(self.layer_ratios, dict) or not all(
+                isinstance(n, str) and n and _is_ratio(r) for n, r in self.layer_ratios.items()):
+            raise ConfigError("pruning layer_ratios must map module names to ratios between 0 and 1 (exclusive), "
+                              f"not {self.layer_ratios!r}")
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], source: str = "") -> PruneSettings:
@@ -95,6 +101,11 @@ class PruneSettings:
     def effective_round_to(self) -> int | None:
         """What Torch-Pruning gets: None when no rounding is asked for."""
         return None if self.round_to in (None, 1) else self.round_to
+
+
+def _is_ratio(value: Any) -> bool:
+    return (not isinstance(value, bool) and isinstance(value, (int, float)) and math.isfinite(value)
+            and 0 < value < 1)
 
 
 def _round_kept(n_pruned: int, current: int, round_to: int) -> int:
@@ -124,6 +135,7 @@ class StructuredPruner:
         self.model = model
         self.settings = settings
         self.ignored = resolve_ignored(model, heads, settings.ignored)
+        resolve_ignored(model, [], tuple(settings.layer_ratios), what="pruning layer_ratios name")
         self.kept_outputs: dict[str, list[int]] = {}
         """Module name -> the original index of each output channel it still has (modules that lost some)."""
         self.kept_inputs: dict[str, list[int]] = {}
@@ -138,6 +150,7 @@ class StructuredPruner:
                     pruning_ratio=settings.ratio, global_pruning=settings.global_pruning,
                     iterative_steps=settings.iterative_steps, round_to=settings.effective_round_to,
                     ignored_layers=[modules[name] for name in self.ignored],
+                    pruning_ratio_dict=group_ratios(tp, model, args, settings.layer_ratios, self.ignored) or None,
                     forward_fn=lambda m, a: m(*a))  # no retry with other argument forms: real errors surface
             except EdgetlError:
                 raise
@@ -251,6 +264,66 @@ def kept_modules(model: Any, patterns: tuple[str, ...], option: str = "--keep") 
     return tuple(kept)
 
 
+def parse_layer_ratios(items: Any, option: str = "--layer-ratio") -> tuple[tuple[str, float], ...]:
+    """``("blocks.5=0.4", ...)`` (or a ``{pattern: ratio}`` mapping from a config file) -> ((pattern, ratio), ...)."""
+    pairs = list(items.items()) if isinstance(items, dict) else [
+        str(item).rpartition("=")[::2] for item in ((items,) if isinstance(items, str) else items or ())]
+    parsed = []
+    for pattern, ratio in pairs:
+        try:
+            value = float(ratio)
+        except (TypeError, ValueError):
+            value = None
+        if not pattern or not _is_ratio(value):
+            raise ConfigError(f"{option} takes NAME=RATIO with a module name or pattern and a ratio in (0, 1) "
+                              f"exclusive, e.g. 'blocks.5=0.4'; got {pattern}={ratio}" if pattern else
+                              f"{option} takes NAME=RATIO (e.g. 'blocks.5=0.4'), not {ratio!r}")
+        parsed.append((str(pattern), value))
+    return tuple(parsed)
+
+
+def layer_ratio_modules(model: Any, pairs: tuple[tuple[str, float], ...],
+                        option: str = "--layer-ratio") -> dict[str, float]:
+    """Module name -> ratio for every module a pattern names (a block's name covers its layers); a later
+    pattern overrides an earlier one, and a pattern that matches no module is a ConfigError."""
+    import fnmatch
+
+    names = [n for n, _ in model.named_modules() if n]
+    ratios: dict[str, float] = {}
+    for pattern, ratio in pairs:
+        found = [n for n in names if n == pattern or fnmatch.fnmatchcase(n, pattern)]
+        if not found:
+            raise ConfigError(f"{option} {pattern!r} matches no module.{did_you_mean(pattern, names)}")
+        for name in found:
+            ratios.pop(name, None)  # re-inserted last: Torch-Pruning applies the entries in order
+            ratios[name] = ratio
+    return ratios
+
+
+def group_ratios(tp: Any, model: Any, args: tuple[Any, ...], layer_ratios: dict[str, float],
+                 ignored: list[str]) -> dict[Any, float]:
+    """Torch-Pruning's ``pruning_ratio_dict`` for ``layer_ratios``: every layer of a channel group that holds
+    a named layer (or a layer inside a named block) gets its ratio, the last name given winning within
+    the group. Torch-Pruning itself takes the ratio of whichever named layer it meets first in a group, so
+    a group's depthwise conv could override the ratio given to its expansion conv."""
+    if not layer_ratios:
+        return {}
+    import torch
+
+    graph = tp.DependencyGraph().build_dependency(model, example_inputs=args, forward_fn=lambda m, a: m(*a))
+    names = {m: n for n, m in model.named_modules()}
+    order = list(layer_ratios)
+    ratios: dict[Any, float] = {}
+    ignored_modules = [model.get_submodule(n) for n in ignored]
+    for group in graph.get_all_groups(ignored_layers=ignored_modules, root_module_types=(torch.nn.Conv2d, torch.nn.Linear)):
+        members = [dep.target.module for dep, _ in group if graph.is_out_channel_pruning_fn(dep.handler)]
+        covering = [i for m in members for i, key in enumerate(order)
+                    if names.get(m, "") == key or names.get(m, "").startswith(key + ".")]
+        if covering:
+            ratios.update((m, layer_ratios[order[max(covering)]]) for m in members)
+    return ratios
+
+
 def _channels(module: Any, side: str = "out") -> int:
     """A module's output (``side="out"``) or input (``"in"``) channel count."""
     for attr in (f"{side}_channels", f"{side}_features", "num_features", "num_parameters"):
@@ -267,7 +340,8 @@ def as_forward_args(example_inputs: Any) -> tuple[Any, ...]:
     return tuple(example_inputs) if isinstance(example_inputs, (tuple, list)) else (example_inputs,)
 
 
-def resolve_ignored(model: Any, heads: list[str], ignored: tuple[str, ...] | list[str]) -> list[str]:
+def resolve_ignored(model: Any, heads: list[str], ignored: tuple[str, ...] | list[str],
+                    what: str = "pruning ignored layer") -> list[str]:
     """Head and ignored module names, checked against the model (duplicates dropped, order kept)."""
     names = [n for n, _ in model.named_modules() if n]
     known = set(names)
@@ -276,7 +350,7 @@ def resolve_ignored(model: Any, heads: list[str], ignored: tuple[str, ...] | lis
             raise ModelError(f"classifier head {head!r} is not a module of this model.{did_you_mean(head, names)}")
     for name in ignored:
         if name not in known:
-            raise ConfigError(f"pruning ignored layer {name!r} is not a module of this model."
+            raise ConfigError(f"{what} {name!r} is not a module of this model."
                               f"{did_you_mean(name, names)}")
     return list(dict.fromkeys([*heads, *ignored]))
 
