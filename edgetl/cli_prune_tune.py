@@ -43,8 +43,8 @@ def prune(run, overwrite, values, given) -> None:
     from .prune import PruneConfig
     from .prune import prune as prune_run
 
-    run = _run_or_latest(run)
-    result = prune_run(run, build(PruneConfig, values), overwrite=overwrite)
+    config = build(PruneConfig, values)  # a bad option is reported before a run is looked for
+    result = prune_run(_run_or_latest(run), config, overwrite=overwrite)
     m = result.metrics
     click.echo(f"{result.run_dir}: {100 * m['macs_reduction']:.1f}% fewer MACs ({m['macs_before'] / 1e9:.3f}G -> "
                f"{m['macs_after'] / 1e9:.3f}G), params {m['params_before'] / 1e6:.2f}M -> {m['params_after'] / 1e6:.2f}M, "

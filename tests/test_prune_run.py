@@ -245,3 +245,11 @@ def test_iterative_mac_target_recovers_between_steps(parent, child, tmp_path, mo
     # one loss per step recovery plus the final recovery; each step's feature hooks were removed after it
     assert len(built) == len(steps) + 1 and all(b.mixup == 0.2 and len(b._taps) == 16 for b in built)
     assert closed == built[:-1]
+
+
+def test_layer_ratio_from_a_config_file_mapping_or_the_command_line():
+    assert PruneConfig(ratio=0.5, layer_ratio={"conv_head": 0.2, "blocks.5": 0.7}).layer_ratio == (
+        "conv_head=0.2", "blocks.5=0.7")
+    assert PruneConfig(ratio=0.5, layer_ratio=("blocks.*.*.conv_pw=.3",)).layer_ratio == ("blocks.*.*.conv_pw=0.3",)
+    result = CliRunner().invoke(cli, ["prune", "--ratio", "0.5", "--layer-ratio", "conv_head"])
+    assert result.exit_code != 0 and "Traceback" not in result.output and "NAME=RATIO" in result.output
