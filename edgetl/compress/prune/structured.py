@@ -62,8 +62,8 @@ class PruneSettings:
     iterative_steps: int = 1
     """``ratio`` is reached in this many equal steps (fine-tune between them)."""
     layer_ratios: dict[str, float] = field(default_factory=dict)
-    """Module name -> the ratio of the channel groups rooted in it (a block's name covers its layers), in
-    place of ``ratio``; a later entry overrides an earlier one for the layers they share."""
+    """Module name -> ratio, in place of ``ratio`` for every channel group that holds one of its layers (a
+    block's name covers its layers); within a group, the last entry that covers one of its layers wins."""
     importances: ClassVar[tuple[str, ...]] = ("magnitude", "taylor", "lamp", "reconstruction")
 
     def __post_init__(self) -> None:
@@ -295,7 +295,7 @@ def layer_ratio_modules(model: Any, pairs: tuple[tuple[str, float], ...],
         if not found:
             raise ConfigError(f"{option} {pattern!r} matches no module.{did_you_mean(pattern, names)}")
         for name in found:
-            ratios.pop(name, None)  # re-inserted last: Torch-Pruning applies the entries in order
+            ratios.pop(name, None)  # re-inserted last: the order is the priority (see group_ratios)
             ratios[name] = ratio
     return ratios
 
