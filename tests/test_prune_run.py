@@ -155,7 +155,8 @@ def test_pruning_a_pruned_run_keeps_both_parents(child):
 
 def test_scope_all_re_solves_every_layer_on_augmented_views(parent, child, tmp_path):
     result = prune(parent, PruneConfig(ratio=0.4, epochs=1, workers=0, round_to=8, importance="magnitude",
-                                       reconstruct_scope="all", calibration_views=2, output=str(tmp_path / "all")),
+                                       reconstruct_scope="all", calibration_views=2, layer_ratio=("conv_head=0.2",),
+                                       output=str(tmp_path / "all")),
                    progress=False)
     repair, inputs = result.metrics["repair"], _manifest(child)["stages"]["prune"]["metrics"]["repair"]
     assert result.metrics["macs_after"] == _manifest(child)["stages"]["prune"]["metrics"]["macs_after"]

@@ -335,7 +335,8 @@ def test_to_fp16(lite0, which):
     if which == "float":
         fp16 = run(model, images)
         assert np.mean(fp16.argmax(1) == reference.argmax(1)) == 1.0
-        assert np.abs(fp16 - reference).max() < 2e-3  # measured 5e-4 on logits ~0.05
+        # scale-free: the run's logits grow with the epoch it keeps (measured 44 dB on logits up to 0.14 and 0.23)
+        assert sqnr_db(reference, fp16) > 35
         return
     assert [o.version for o in model.opset_import if o.domain == ""] == [19]  # FP16 scales need opset 19
     assert check_qdq_rules(model) == []
