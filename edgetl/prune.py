@@ -283,8 +283,9 @@ class _Job:
         sparsity = self._sparsify(heads) if cfg.sparsity_2_4 else None
         record = {**self.parent.model, "parameters": after["params"],
                   "pruned": {"parent": str(self.parent.run_dir.resolve()), "macs": standard_macs(after)}}
-        child = create_child(self.parent.run_dir, staging.path, stage=STAGE, model=record)
-        child.begin(STAGE, {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(cfg).items()}, self.inputs)
+        # the parent's checkpoint is the parent's file: the lineage records it, not this run's stage inputs
+        child = create_child(self.parent.run_dir, staging.path, stage=STAGE, model=record, inputs=self.inputs)
+        child.begin(STAGE, {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(cfg).items()})
         child.save()
         bundle = ModelBundle(model=self.student, name=self.parent.model["name"],
                              preprocess=PreprocessSpec.from_dict(self.parent.preprocessing), head=heads,

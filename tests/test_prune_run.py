@@ -76,6 +76,23 @@ def test_child_run_records_its_parent_and_the_report(parent, child):
     assert abs(tp_reduction - report["macs_reduction"]) < 0.05
 
 
+def test_status_of_a_pruned_run_checks_its_parent_not_its_own_checkpoint(parent, child):
+    """The prune stage read the parent's checkpoint.pt, not the child's (which recovery rewrote): the
+    lineage records it, the child is current, and a changed parent checkpoint is what makes it stale."""
+    from edgetl.run import run_status
+    from edgetl.run.integrity import stale_reason
+    from edgetl.run.manifest import Manifest
+
+    manifest = Manifest.load(child)
+    lineage = manifest.parent
+    parent_digest = Manifest.load(parent).stage("finetune")["artifacts"]["checkpoint.pt"]["sha256"]
+    assert lineage["inputs"] == {"checkpoint.pt": parent_digest} and manifest.stage("prune")["inputs"] == {}
+    assert stale_reason(manifest, "prune") is None
+    assert {s.stage: s.state for s in run_status(child)}["prune"] == "current"
+    lineage["inputs"]["checkpoint.pt"] = "0" * 64  # as if the parent had been fine-tuned again since
+    assert stale_reason(manifest, "prune").startswith("the parent's checkpoint.pt was rewritten by 'finetune'")
+
+
 def test_pruned_checkpoint_loads_with_weights_only(child):
     import torch
 

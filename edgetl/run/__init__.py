@@ -18,9 +18,12 @@ __all__ = ["MANIFEST_NAME", "latest_run", "SCHEMA_VERSION", "Manifest", "StageSt
            "verified_file"]
 
 
-def create_child(parent_dir: str | Path, child_dir: str | Path, *, stage: str, model: dict | None = None) -> Manifest:
+def create_child(parent_dir: str | Path, child_dir: str | Path, *, stage: str, model: dict | None = None,
+                 inputs: dict[str, str] | None = None) -> Manifest:
     """A new run derived from ``parent_dir`` (a pruned model, a search trial): it names its parent and
-    inherits its classes, preprocessing, dataset record and frozen evaluation split."""
+    inherits its classes, preprocessing, dataset record and frozen evaluation split. ``inputs``: the
+    parent's files it was made from (parent-relative path -> sha256), kept in the lineage so that
+    ``edgetl status`` can tell when the parent has changed since."""
     from .._io import sha256
     from .split import SPLIT_NAME, copy_split
 
@@ -28,7 +31,7 @@ def create_child(parent_dir: str | Path, child_dir: str | Path, *, stage: str, m
     child_dir = Path(child_dir)
     child_dir.mkdir(parents=True, exist_ok=True)
     lineage = {"run": str(parent.run_dir.resolve()), "stage": stage,
-               "manifest_sha256": sha256(parent.path), "parent": parent.parent}
+               "manifest_sha256": sha256(parent.path), "inputs": dict(inputs or {}), "parent": parent.parent}
     child = Manifest.create(child_dir, model=model or parent.model, classes=parent.classes,
                             preprocessing=parent.preprocessing, parent=lineage)
     dataset = dict(parent.data.get("dataset") or {})

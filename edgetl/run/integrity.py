@@ -26,6 +26,8 @@ def rerun_hint(stage: str, run_dir: Path) -> str:
         return f"edgetl export {run_dir}"
     if stage == "bench":
         return f"edgetl bench {run_dir}"
+    if stage == "prune":
+        return f"edgetl prune PARENT -o {run_dir} --overwrite"
     if stage.endswith(":engine"):
         target, precision, _ = stage.split(":", 2)
         return f"edgetl compile {run_dir} --target {target} --precision {precision} (on the device)"
@@ -71,6 +73,10 @@ def stale_reason(manifest: Manifest, stage: str, _seen: frozenset[str] = frozens
     record = manifest.stage(stage)
     if record is None or stage in _seen:
         return None
+    if (manifest.parent or {}).get("stage") == stage:  # the stage that made this run from its parent
+        changed = _parent_changed(manifest.parent)
+        if changed:
+            return changed
     for rel, digest in record.get("inputs", {}).items():
         found = manifest.producer(rel)
         if found is None:
@@ -82,6 +88,22 @@ def stale_reason(manifest: Manifest, stage: str, _seen: frozenset[str] = frozens
         upstream = stale_reason(manifest, producer, _seen | {stage})
         if upstream:
             return f"'{producer}' is stale ({upstream})"
+    return None
+
+
+def _parent_changed(lineage: dict[str, Any]) -> str | None:
+    """Which of the parent's files this run was made from have been re-recorded since (None when none
+    has, or when the parent run is gone: this run holds its own weights)."""
+    try:
+        parent = Manifest.load(lineage["run"])
+    except (RunFolderError, OSError, KeyError):
+        return None
+    for rel, digest in lineage.get("inputs", {}).items():
+        found = parent.producer(rel)
+        current = (found[1]["files"][found[2]] if found[2] else found[1].get("sha256")) if found else None
+        if current != digest:
+            by = f" by '{found[0]}'" if found else ""
+            return f"the parent's {rel} was rewritten{by} after this run was made from it ({lineage['run']})"
     return None
 
 
