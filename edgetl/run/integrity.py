@@ -99,9 +99,8 @@ def _parent_changed(lineage: dict[str, Any]) -> str | None:
     except (RunFolderError, OSError, KeyError):
         return None
     for rel, digest in lineage.get("inputs", {}).items():
-        found = parent.producer(rel)
-        current = (found[1]["files"][found[2]] if found[2] else found[1].get("sha256")) if found else None
-        if current != digest:
+        if parent.recorded_sha256(rel) != digest:
+            found = parent.producer(rel)
             by = f" by '{found[0]}'" if found else ""
             return f"the parent's {rel} was rewritten{by} after this run was made from it ({lineage['run']})"
     return None

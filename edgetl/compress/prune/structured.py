@@ -141,6 +141,7 @@ class StructuredPruner:
         self.kept_inputs: dict[str, list[int]] = {}
         """The same for input channels (a classifier fed by a pruned layer: which parent features it reads)."""
         modules = dict(model.named_modules())
+        ignored_layers = [modules[name] for name in self.ignored]
         args = as_forward_args(example_inputs)
         pruner_cls = getattr(tp.pruner, "BasePruner", None) or tp.pruner.MetaPruner
         with _graph_context(model):
@@ -149,8 +150,8 @@ class StructuredPruner:
                     model, args, importance or make_importance(tp, settings.importance),
                     pruning_ratio=settings.ratio, global_pruning=settings.global_pruning,
                     iterative_steps=settings.iterative_steps, round_to=settings.effective_round_to,
-                    ignored_layers=[modules[name] for name in self.ignored],
-                    pruning_ratio_dict=group_ratios(tp, model, args, settings.layer_ratios, self.ignored) or None,
+                    ignored_layers=ignored_layers,
+                    pruning_ratio_dict=group_ratios(tp, model, args, settings.layer_ratios, ignored_layers) or None,
                     forward_fn=lambda m, a: m(*a))  # no retry with other argument forms: real errors surface
             except EdgetlError:
                 raise
@@ -252,16 +253,24 @@ def prune_model(model: Any, example_inputs: Any, settings: PruneSettings, heads:
 def kept_modules(model: Any, patterns: tuple[str, ...], option: str = "--keep") -> tuple[str, ...]:
     """Module names matching ``patterns`` (exact names or fnmatch patterns); a pattern that matches nothing is a
     ConfigError naming close module names."""
-    import fnmatch
-
-    names = [n for n, m in model.named_modules() if n and any(True for _ in m.parameters(recurse=False))]
     kept: list[str] = []
     for pattern in patterns:
-        found = [n for n in names if n == pattern or fnmatch.fnmatchcase(n, pattern)]
-        if not found:
-            raise ConfigError(f"{option} {pattern!r} matches no module with weights.{did_you_mean(pattern, names)}")
-        kept += [n for n in found if n not in kept]
+        kept += [n for n in match_modules(model, pattern, option) if n not in kept]
     return tuple(kept)
+
+
+def match_modules(model: Any, pattern: str, option: str, with_weights: bool = True) -> list[str]:
+    """Names of the modules (with weights of their own, unless ``with_weights`` is False) that ``pattern``
+    names exactly or as an fnmatch pattern; none is a ConfigError naming close module names."""
+    import fnmatch
+
+    names = [n for n, m in model.named_modules()
+             if n and (not with_weights or any(True for _ in m.parameters(recurse=False)))]
+    found = [n for n in names if n == pattern or fnmatch.fnmatchcase(n, pattern)]
+    if not found:
+        kind = "module with weights" if with_weights else "module"
+        raise ConfigError(f"{option} {pattern!r} matches no {kind}.{did_you_mean(pattern, names)}")
+    return found
 
 
 def parse_layer_ratios(items: Any, option: str = "--layer-ratio") -> tuple[tuple[str, float], ...]:
@@ -275,9 +284,9 @@ def parse_layer_ratios(items: Any, option: str = "--layer-ratio") -> tuple[tuple
         except (TypeError, ValueError):
             value = None
         if not pattern or not _is_ratio(value):
-            raise ConfigError(f"{option} takes NAME=RATIO with a module name or pattern and a ratio in (0, 1) "
-                              f"exclusive, e.g. 'blocks.5=0.4'; got {pattern}={ratio}" if pattern else
-                              f"{option} takes NAME=RATIO (e.g. 'blocks.5=0.4'), not {ratio!r}")
+            got = f"{pattern}={ratio}" if pattern else repr(ratio)
+            raise ConfigError(f"{option} takes NAME=RATIO, a module name or pattern and a ratio in (0, 1) exclusive "
+                              f"(e.g. 'blocks.5=0.4'); got {got}")
         parsed.append((str(pattern), value))
     return tuple(parsed)
 
@@ -286,41 +295,34 @@ def layer_ratio_modules(model: Any, pairs: tuple[tuple[str, float], ...],
                         option: str = "--layer-ratio") -> dict[str, float]:
     """Module name -> ratio for every module a pattern names (a block's name covers its layers); a later
     pattern overrides an earlier one, and a pattern that matches no module is a ConfigError."""
-    import fnmatch
-
-    names = [n for n, _ in model.named_modules() if n]
     ratios: dict[str, float] = {}
     for pattern, ratio in pairs:
-        found = [n for n in names if n == pattern or fnmatch.fnmatchcase(n, pattern)]
-        if not found:
-            raise ConfigError(f"{option} {pattern!r} matches no module.{did_you_mean(pattern, names)}")
-        for name in found:
+        for name in match_modules(model, pattern, option, with_weights=False):
             ratios.pop(name, None)  # re-inserted last: the order is the priority (see group_ratios)
             ratios[name] = ratio
     return ratios
 
 
 def group_ratios(tp: Any, model: Any, args: tuple[Any, ...], layer_ratios: dict[str, float],
-                 ignored: list[str]) -> dict[Any, float]:
+                 ignored_layers: list[Any]) -> dict[Any, float]:
     """Torch-Pruning's ``pruning_ratio_dict`` for ``layer_ratios``: every layer of a channel group that holds
     a named layer (or a layer inside a named block) gets its ratio, the last name given winning within
     the group. Torch-Pruning itself takes the ratio of whichever named layer it meets first in a group, so
     a group's depthwise conv could override the ratio given to its expansion conv."""
     if not layer_ratios:
         return {}
-    import torch
-
+    # a second trace (the pruner builds its own graph and takes no prebuilt one): only with layer ratios
     graph = tp.DependencyGraph().build_dependency(model, example_inputs=args, forward_fn=lambda m, a: m(*a))
     names = {m: n for n, m in model.named_modules()}
     order = list(layer_ratios)
     ratios: dict[Any, float] = {}
-    ignored_modules = [model.get_submodule(n) for n in ignored]
-    for group in graph.get_all_groups(ignored_layers=ignored_modules, root_module_types=(torch.nn.Conv2d, torch.nn.Linear)):
-        members = [dep.target.module for dep, _ in group if graph.is_out_channel_pruning_fn(dep.handler)]
-        covering = [i for m in members for i, key in enumerate(order)
-                    if names.get(m, "") == key or names.get(m, "").startswith(key + ".")]
+    for group in graph.get_all_groups(ignored_layers=ignored_layers,
+                                      root_module_types=(tp.ops.TORCH_CONV, tp.ops.TORCH_LINEAR)):
+        members = {names[dep.target.module]: dep.target.module for dep, _ in group
+                   if dep.target.module in names and graph.is_out_channel_pruning_fn(dep.handler)}
+        covering = [i for name in members for i, key in enumerate(order) if name == key or name.startswith(key + ".")]
         if covering:
-            ratios.update((m, layer_ratios[order[max(covering)]]) for m in members)
+            ratios.update((m, layer_ratios[order[max(covering)]]) for m in members.values())
     return ratios
 
 
