@@ -15,7 +15,16 @@ from typing import Any
 
 from .errors import RunFolderError
 
-_DISK_FULL = (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC))
+_WRITE_FAILURES = {
+    errno.ENOSPC: "no space left on device: free some space and run the command again",
+    getattr(errno, "EDQUOT", errno.ENOSPC): "disk quota exceeded: free some space and run the command again",
+    errno.EFBIG: "file too large for this process's file-size limit (`ulimit -f`): raise the limit or write "
+                 "elsewhere",
+    errno.EROFS: "read-only file system: choose a writable folder",
+}
+"""errno values that mean a write failed for a reason of the machine, not of edgetl, with what to do."""
+_WRITER_FAILURE = ("writ", "unexpected pos")
+"""How torch.save and OpenVINO word a failed write (they raise RuntimeError without the errno)."""
 
 
 def current_umask() -> int:
@@ -31,25 +40,36 @@ def current_umask() -> int:
 
 
 @contextlib.contextmanager
-def disk_full_is_an_error(path: str | os.PathLike[str]) -> Iterator[None]:
-    """Turn "no space left" (ENOSPC, EDQUOT) raised in the block into a one-line :class:`RunFolderError`."""
+def disk_full_is_an_error(path: str | os.PathLike[str], probe: Path | None = None) -> Iterator[None]:
+    """Turn a failed write in the block (full disk, quota, file-size limit, read-only file system) into the
+    one-line :class:`RunFolderError` "cannot write PATH: reason". ``probe``: the file being written, used to
+    learn the errno a writer that raises RuntimeError (torch.save, OpenVINO) did not give."""
     try:
         yield
     except (OSError, RuntimeError) as exc:
-        if not (exc.errno in _DISK_FULL if isinstance(exc, OSError) else _writer_hit_full_disk(exc, path)):
+        code = exc.errno if isinstance(exc, OSError) else _writer_errno(exc, path, probe)
+        if code not in _WRITE_FAILURES:
             raise
-        raise RunFolderError(f"no space left on device while writing {path}: free some space and run the command "
-                             "again") from exc
+        raise RunFolderError(f"cannot write {path}: {_WRITE_FAILURES[code]}") from exc
 
 
-def _writer_hit_full_disk(exc: RuntimeError, path: str | os.PathLike[str]) -> bool:
-    """torch.save and OpenVINO report a full disk as a RuntimeError about a failed write."""
-    if "writ" not in str(exc).lower():
-        return False
+def _writer_errno(exc: RuntimeError, path: str | os.PathLike[str], probe: Path | None) -> int | None:
+    """The errno behind a writer's RuntimeError about a failed write: found by appending one byte to the
+    half-written file (the same limit refuses it again), else by the free space left; None if neither tells."""
+    if not any(word in str(exc).lower() for word in _WRITER_FAILURE):
+        return None
+    if probe is not None and probe.is_file():
+        try:
+            with open(probe, "ab") as fh:
+                fh.write(b"\0")
+                fh.flush()
+                os.fsync(fh.fileno())
+        except OSError as err:
+            return err.errno
     try:
-        return shutil.disk_usage(Path(path).parent).free < 16 * 2**20
+        return errno.ENOSPC if shutil.disk_usage(Path(path).parent).free < 16 * 2**20 else None
     except OSError:
-        return False
+        return None
 
 
 @contextlib.contextmanager
@@ -63,17 +83,18 @@ def atomic_path(path: str | os.PathLike[str], suffix: str = "") -> Iterator[Path
     with disk_full_is_an_error(target):
         target.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=suffix or ".tmp", dir=target.parent)
-        tmp = Path(tmp_name)
-        try:
+    tmp = Path(tmp_name)
+    try:
+        with disk_full_is_an_error(target, probe=tmp):  # the half-written file still exists while it decides
             try:
                 os.fchmod(fd, 0o666 & ~current_umask())  # mkstemp's 0600 keeps other users out whatever the umask
             finally:
                 os.close(fd)
             yield tmp
             os.replace(tmp, target)
-        finally:
-            if tmp.exists():
-                tmp.unlink()
+    finally:
+        if tmp.exists():
+            tmp.unlink()
 
 
 def utc_now() -> str:

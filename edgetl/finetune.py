@@ -99,6 +99,9 @@ class FinetuneConfig:
     """Several processes: synchronise BatchNorm statistics across them (SyncBatchNorm; GPUs only)."""
 
     def __post_init__(self) -> None:
+        from .config import check_fields
+
+        check_fields(self)  # types first: "three" epochs, "false" augment, a list for a model name
         if self.strategy not in STRATEGIES:
             raise ConfigError(f"strategy must be one of {STRATEGIES}, not {self.strategy!r}")
         if self.optimizer not in ("adamw", "sgd"):
@@ -118,9 +121,13 @@ class FinetuneConfig:
             raise ConfigError("probe_epochs cannot be negative")
         if self.patience is not None and self.patience < 1:
             raise ConfigError("patience must be at least 1 (or None to disable early stopping)")
-        if self.batch_size % self.nproc:
+        if self.batch_size % self.nproc and not self._more_processes_than_cores():
             raise ConfigError(f"--batch-size {self.batch_size} is the global batch and does not split evenly over "
                               f"{self.nproc} processes: use a multiple of {self.nproc}")
+
+    def _more_processes_than_cores(self) -> bool:
+        """--nproc above this machine's cores: the launch refuses that first, so the batch rule waits."""
+        return self.nproc > distributed.usable_cores() and not distributed.in_worker()
 
     @property
     def run_name(self) -> str:
@@ -135,9 +142,12 @@ class FinetuneConfig:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> FinetuneConfig:
-        names = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in data.items() if k in names})
+    def from_dict(cls, data: dict[str, Any], source: str = "recorded fine-tuning options") -> FinetuneConfig:
+        """The config from a mapping (a manifest's options, a worker's copy): every key must be a field (no
+        field was ever removed, so every manifest edgetl wrote reads back) and every value its field's type."""
+        from .config import config_from_dict
+
+        return config_from_dict(cls, data, source)
 
 
 # -- public entry points ------------------------------------------------------------------
@@ -216,8 +226,8 @@ def _launch(run_dir: Path, nproc: int, kind: str, *args: Any) -> FinetuneResult:
         _remove_abandoned(run_dir)  # a staged run that never finished its first epoch
         if is_run_folder(run_dir) and not stage_busy(run_dir, STAGE):
             manifest = Manifest.load(run_dir)
-            if (manifest.stage(STAGE) or {}).get("status") == "running":  # rank 0 died without recording it
-                manifest.fail(STAGE, str(exc))
+            if (manifest.stage(STAGE) or {}).get("status") in ("running", "failed"):
+                manifest.fail(STAGE, str(exc))  # the root cause, not rank 0's lost connection to a killed peer
             if (run_dir / "checkpoints" / "last.pt").is_file():
                 raise distributed.WorkerFailedError(f"{exc}; resume with: edgetl finetune --resume {run_dir}") from None
         raise

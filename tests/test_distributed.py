@@ -83,7 +83,16 @@ def test_nproc_above_the_cores_is_refused_before_anything_is_written(split_folde
     assert not (tmp_path / "run").exists() and list(tmp_path.iterdir()) == [split_folder]
 
 
-def test_global_batch_must_split_over_the_processes():
+def test_nproc_above_the_cores_is_refused_for_the_cores_not_the_batch(split_folder: Path, tmp_path: Path, monkeypatch):
+    """`--nproc 99` used to ask first for a batch multiple of 99, then refuse the cores."""
+    monkeypatch.setattr(distributed, "usable_cores", lambda: 2)
+    with pytest.raises(ConfigError, match="^--nproc 99 is more than the 2 usable CPU core"):
+        finetune(config(split_folder, tmp_path / "run", nproc=99, batch_size=8), progress=False)
+    assert list(tmp_path.iterdir()) == [split_folder]
+
+
+def test_global_batch_must_split_over_the_processes(monkeypatch):
+    monkeypatch.setattr(distributed, "usable_cores", lambda: 4)  # the verdict must not depend on this machine
     with pytest.raises(ConfigError, match="does not split evenly over 2 processes"):
         FinetuneConfig(data="x", batch_size=7, nproc=2)
     with pytest.raises(ConfigError, match="nproc must be at least 1"):
@@ -159,6 +168,7 @@ def test_killed_worker_stops_the_job_and_the_run_resumes(split_folder: Path, tmp
         finetune(cfg, progress=False, callbacks=[KillRankOne(at=2)])
     stage = Manifest.load(tmp_path / "run").stage("finetune")
     assert stage["status"] == "failed"  # never claims success
+    assert stage["error"].startswith("worker rank 1 was killed by SIGKILL")  # not rank 0's "Connection reset"
     result = resume(tmp_path / "run", progress=False)
     assert [h["epoch"] for h in result.history] == [1, 2, 3]
 

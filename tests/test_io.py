@@ -63,7 +63,7 @@ def _leftovers(folder: Path, keep: set[str]) -> list[str]:
 def test_full_disk_in_write_json_is_one_line_and_keeps_the_old_file(tmp_path, monkeypatch, code):
     target = write_json(tmp_path / "report.json", {"old": True})
     monkeypatch.setattr(Path, "write_text", lambda *args, **kwargs: _disk_full(code=code))
-    with pytest.raises(RunFolderError, match=r"^no space left on device while writing .*report\.json: free some space"):
+    with pytest.raises(RunFolderError, match=r"^cannot write .*report\.json: (no space left on device|disk quota exceeded): free some space"):
         write_json(target, {"new": True})
     monkeypatch.undo()
     assert json.loads(target.read_text()) == {"old": True}
@@ -73,7 +73,7 @@ def test_full_disk_in_write_json_is_one_line_and_keeps_the_old_file(tmp_path, mo
 def test_full_disk_in_atomic_path_block_keeps_the_old_file(tmp_path):
     target = tmp_path / "model.onnx"
     target.write_bytes(b"old model")
-    with pytest.raises(RunFolderError, match=r"no space left on device while writing .*model\.onnx") as info:
+    with pytest.raises(RunFolderError, match=r"^cannot write .*model\.onnx: no space left on device") as info:
         with atomic_path(target, suffix=".onnx") as tmp:
             tmp.write_bytes(b"half a mod")
             _disk_full()
@@ -86,7 +86,7 @@ def test_full_disk_in_staging_dir_keeps_the_old_folder(tmp_path):
     final = tmp_path / "ir"
     final.mkdir()
     (final / "model.xml").write_text("old")
-    with pytest.raises(RunFolderError, match=r"no space left on device while writing .*ir: free some space"):
+    with pytest.raises(RunFolderError, match=r"^cannot write .*ir: no space left on device: free some space"):
         with staging_dir(final) as folder:
             (folder / "model.xml").write_text("new")
             _disk_full()
@@ -121,7 +121,7 @@ def test_torch_save_on_a_full_disk_is_one_line(tmp_path: Path, monkeypatch):
 
     usage = shutil.disk_usage(tmp_path)
     monkeypatch.setattr(shutil, "disk_usage", lambda p: usage._replace(free=4096))
-    with pytest.raises(RunFolderError, match="no space left on device"):
+    with pytest.raises(RunFolderError, match="^cannot write .*checkpoint.pt: no space left on device"):
         with atomic_path(tmp_path / "checkpoint.pt") as tmp:
             tmp.write_bytes(b"partial")
             raise RuntimeError("[enforce fail at inline_container.cc:603] . PytorchStreamWriter failed writing file")
@@ -129,6 +129,69 @@ def test_torch_save_on_a_full_disk_is_one_line(tmp_path: Path, monkeypatch):
     with pytest.raises(RuntimeError, match="shape mismatch"):  # other errors keep their own message
         with atomic_path(tmp_path / "checkpoint.pt"):
             raise RuntimeError("shape mismatch")
+
+
+_FSIZE_LIMITED_SAVE = """
+import resource, sys, torch
+from edgetl._io import atomic_path
+from edgetl.errors import EdgetlError
+resource.setrlimit(resource.RLIMIT_FSIZE, (64 * 1024, resource.getrlimit(resource.RLIMIT_FSIZE)[1]))
+try:
+    with atomic_path(sys.argv[1], suffix=".pt") as tmp:
+        torch.save({"w": torch.zeros(1 << 18)}, tmp)  # 1 MiB: past the 64 KiB limit
+except EdgetlError as exc:
+    sys.exit(f"error: {exc}")
+"""
+
+
+def test_a_file_size_limit_hit_by_torch_save_is_one_line(tmp_path: Path):
+    """EFBIG: torch.save says only "unexpected pos"; the errno is learned by probing the half-written file."""
+    import subprocess
+    import sys
+
+    (tmp_path / "checkpoint.pt").write_bytes(b"old")
+    done = subprocess.run([sys.executable, "-c", _FSIZE_LIMITED_SAVE, str(tmp_path / "checkpoint.pt")],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 1, done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"error: cannot write {tmp_path / 'checkpoint.pt'}: file too large")
+    assert "ulimit -f" in lines[0]
+    assert (tmp_path / "checkpoint.pt").read_bytes() == b"old"
+    assert _leftovers(tmp_path, {"checkpoint.pt"}) == []
+
+
+@pytest.mark.parametrize("code, reason", [(errno.EFBIG, "file too large"), (errno.EROFS, "read-only file system")])
+def test_other_failed_writes_are_the_same_one_line(tmp_path, code, reason):
+    with pytest.raises(RunFolderError, match=rf"^cannot write .*report\.json: {reason}") as info:
+        with atomic_path(tmp_path / "report.json"):
+            _disk_full(code=code)
+    assert "\n" not in str(info.value)
+    assert _leftovers(tmp_path, set()) == []
+
+
+def test_finetune_past_the_file_size_limit_is_one_line_and_leaves_nothing(tmp_path: Path):
+    """The issue's reproduction: `ulimit -f` smaller than a checkpoint, through the CLI."""
+    import resource
+    import subprocess
+    import sys
+
+    from conftest import make_image_folder
+
+    data = make_image_folder(tmp_path / "data")
+    limit = 512 * 1024  # MobileNetV3-small's checkpoint is several MB
+
+    def cap():
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, resource.getrlimit(resource.RLIMIT_FSIZE)[1]))
+
+    done = subprocess.run([sys.executable, "-m", "edgetl.cli", "finetune", str(data), "--model", "mobilenet_v3_small",
+                           "--no-pretrained", "--epochs", "1", "--image-size", "32", "--workers", "0",
+                           "-o", str(tmp_path / "run")], capture_output=True, text=True, timeout=300,
+                          preexec_fn=cap, env={**os.environ, "COLUMNS": "200"})
+    assert done.returncode != 0
+    errors = [line for line in done.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "cannot write" in errors[0] and "file too large" in errors[0], done.stderr[-2000:]
+    assert "Traceback" not in done.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["data"]
 
 
 # -- staging_dir replacing an existing folder ----------------------------------------------------------
