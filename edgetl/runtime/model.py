@@ -12,6 +12,7 @@ import numpy as np
 
 from ..errors import ConfigError, MissingBackendError
 from .bundle import Bundle, open_bundle
+from .schema import check_model_shapes, field_error
 
 
 @dataclass
@@ -76,8 +77,9 @@ class BundleModel:
         self.runner = None
 
     @classmethod
-    def open(cls, path: str | Path, *, verify: bool = True, **runner_options: Any) -> BundleModel:
-        return cls(open_bundle(path, verify=verify), **runner_options)
+    def open(cls, path: str | Path, *, verify: bool = True, max_bytes: int | None = None,
+             **runner_options: Any) -> BundleModel:
+        return cls(open_bundle(path, verify=verify, max_bytes=max_bytes), **runner_options)
 
     @property
     def runtime(self) -> str:
@@ -91,6 +93,11 @@ class BundleModel:
             require_runtime(self.bundle)
             runner = create_runner(self.runtime, self.bundle.model_path, **self.options)
             runner.load()
+            try:
+                check_model_shapes(self.bundle.meta, self.bundle.source, *model_io_dims(runner))
+            except BaseException:
+                runner.close()
+                raise
             self.runner = runner
         return self
 
@@ -149,5 +156,33 @@ class BundleModel:
         for start in range(0, len(items), batch_size):
             tensors, names = zip(*(self.preprocess(item) for item in items[start:start + batch_size]))
             logits = self.infer(np.stack(tensors).astype(np.float32, copy=False))
+            if logits.ndim != 2 or logits.shape[1] != len(self.labels):
+                count = len(self.labels)
+                raise field_error(self.bundle.source, "labels", f"has {count} name{'s' * (count != 1)} but the "
+                                  f"model outputs logits of shape {list(logits.shape)}")
             out += top_k(logits, self.labels, k, names)
         return out
+
+
+def model_io_dims(runner: Any) -> tuple[list[int | None] | None, list[int | None] | None]:
+    """The loaded model's first input and output dims (None where dynamic), as far as its runner can tell:
+    ONNX Runtime's session, OpenVINO's model, TensorRT's engine; (None, None) for anything else."""
+    def dims(shape: Iterable[Any]) -> list[int | None]:
+        return [int(d) if isinstance(d, (int, np.integer)) and d >= 0 else None for d in shape]
+
+    def ov_dims(partial: Any) -> list[int | None]:
+        return [d.get_length() if d.is_static else None for d in partial]
+
+    try:
+        if getattr(runner, "session", None) is not None and hasattr(runner.session, "get_inputs"):
+            session = runner.session
+            return dims(session.get_inputs()[0].shape), dims(session.get_outputs()[0].shape)
+        if getattr(runner, "engine", None) is not None and getattr(runner, "inputs", None):
+            engine = runner.engine
+            return dims(engine.get_tensor_shape(runner.inputs[0])), dims(engine.get_tensor_shape(runner.outputs[0]))
+        if getattr(runner, "model", None) is not None and hasattr(runner.model, "inputs"):
+            model = runner.model
+            return ov_dims(model.inputs[0].get_partial_shape()), ov_dims(model.outputs[0].get_partial_shape())
+    except Exception:  # noqa: BLE001 - a runtime that cannot describe its model: the logits are checked instead
+        return None, None
+    return None, None
