@@ -303,13 +303,15 @@ def _bench_options(command):
 
 @cli.command()
 @click.argument("inputs", nargs=-1, type=click.Path(path_type=Path))
+@click.option("--overwrite", is_flag=True, help="Replace the edgetl bench reports at -o (only edgetl's reports).")
 @handle_errors
 @_bench_options
-def bench(inputs, values, given) -> None:
+def bench(inputs, overwrite, values, given) -> None:
     """Latency and accuracy drop of every artifact of one or more RUNs (or of artifact files), side by side.
 
     Several runs (a model and its pruned child) share one table and plot; keys and labels name the run.
-    With no input, the most recent run under ./runs.
+    With no input, the most recent run under ./runs. -o must be a new or empty folder, or reports edgetl
+    wrote (replaced with --overwrite).
     """
     from rich.console import Console
 
@@ -323,7 +325,7 @@ def bench(inputs, values, given) -> None:
     target = inputs[0] if len(inputs) == 1 else list(inputs)
     console = Console(width=None if sys.stdout.isatty() else 220)  # results on stdout, never wrapped in pipes
     try:
-        report = benchmark(target, config, progress=sys.stderr.isatty())
+        report = benchmark(target, config, progress=sys.stderr.isatty(), overwrite=overwrite)
     except RegressionError as exc:  # the reports are written; show them before exiting 3
         console.print(render_table(exc.report.data))
         console.print(render_comparison(exc.report.data["comparison"]))
@@ -381,9 +383,10 @@ def _compile_options(command):
 
 @cli.command("compile")
 @click.argument("source", type=click.Path(path_type=Path), required=False)
+@click.option("--overwrite", is_flag=True, help="Replace the engine edgetl built at --output (only such an engine).")
 @handle_errors
 @_compile_options
-def compile_command(source, values, given) -> None:
+def compile_command(source, overwrite, values, given) -> None:
     """Build the TensorRT engine of a jetson / nvidia-gpu export, on the device that will run it.
 
     SOURCE is a run folder (its TARGET/PRECISION export; default: the latest run under ./runs) or an
@@ -397,7 +400,7 @@ def compile_command(source, values, given) -> None:
 
     if source is None:
         source = _run_or_latest(None)
-    result = compile_engine(source, build(CompileConfig, values))
+    result = compile_engine(source, build(CompileConfig, values), overwrite=overwrite)
     fallback = f", {len(result.gpu_fallback_layers)} layer(s) fell back to the GPU" if result.gpu_fallback_layers else ""
     click.echo(f"{result.engine}: {result.executed_precision or result.precision} on {result.device}"
                f"{' (strongly typed)' if result.strongly_typed else ''}, built in {result.build_s:.0f} s{fallback}; "

@@ -25,18 +25,20 @@ def _package_options(command):
 
 @cli.command("package")
 @click.argument("run", type=click.Path(path_type=Path), required=False)
+@click.option("--overwrite", is_flag=True, help="Replace the edgetl bundle at -o (only an edgetl bundle).")
 @handle_errors
 @_package_options
-def package_command(run, values, given) -> None:
+def package_command(run, overwrite, values, given) -> None:
     """Bundle RUN's artifact for one target for an app: model, labels, preprocessing, README, C++ samples.
 
     Writes RUN/bundle-TARGET-PRECISION.tar.gz (or the folder, with --dir). Load it with
     `from edgetl.runtime import load` (no torch needed) or `edgetl predict BUNDLE IMAGES...`.
+    -o must be a new path, or a bundle edgetl wrote (replaced with --overwrite).
     """
     from .config import build
     from .package import PackageConfig, package
 
-    result = package(_run_or_latest(run), build(PackageConfig, values))
+    result = package(_run_or_latest(run), build(PackageConfig, values), overwrite=overwrite)
     meta = result.meta
     top1 = f", top-1 {100 * meta['accuracy']['top1']:.2f}% when benched" if meta["accuracy"] else ""
     click.echo(f"{result.path}: {meta['target']} {meta['precision']} ({meta['model']['file']} under "

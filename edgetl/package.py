@@ -58,8 +58,14 @@ class PackageResult:
     meta: dict[str, Any]
 
 
-def package(run: str | Path, config: PackageConfig | None = None) -> PackageResult:
-    """Write the bundle of ``run``'s ``config.target`` artifact; nothing is left half-written on error."""
+def package(run: str | Path, config: PackageConfig | None = None, *, overwrite: bool = False) -> PackageResult:
+    """Write the bundle of ``run``'s ``config.target`` artifact; nothing is left half-written on error.
+
+    ``config.output`` must be a new path, or an edgetl bundle of the same form (archive or folder), which is
+    replaced only with ``overwrite``; the default path replaces the bundle an earlier package wrote there.
+    Never inside the run's dataset (see :mod:`edgetl._outputs`)."""
+    from ._outputs import BUNDLE_ARCHIVE, BUNDLE_FOLDER, claim_output, run_data_roots
+
     config = config or PackageConfig()
     manifest = Manifest.load(run)
     precision = _precision(manifest, config)
@@ -70,6 +76,8 @@ def package(run: str | Path, config: PackageConfig | None = None) -> PackageResu
         files.update(_stage_files(manifest, engine_stage, config.verify))
     name = f"bundle-{config.target}-{precision}"
     final = Path(config.output) if config.output else manifest.run_dir / (name if config.folder else f"{name}.tar.gz")
+    claim_output(final, BUNDLE_FOLDER if config.folder else BUNDLE_ARCHIVE, overwrite=overwrite,
+                 explicit=bool(config.output), data_roots=run_data_roots(manifest))
     final.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=f".{final.name}.", dir=final.parent) as staging:
         root = Path(staging) / name
@@ -139,6 +147,7 @@ def _assemble(manifest: Manifest, target: str, precision: str, files: dict[str, 
         shutil.copytree(CPP_SAMPLES, root / "cpp", ignore=shutil.ignore_patterns("__pycache__", "*.pyc", "build"))
     (root / "README.md").write_text(_readme(meta), encoding="utf-8")
     meta["files"] = {p.relative_to(root).as_posix(): sha256(p) for p in sorted(root.rglob("*")) if p.is_file()}
+    meta["sizes"] = {rel: (root / rel).stat().st_size for rel in meta["files"]}  # checked before an archive unpacks
     write_json(root / BUNDLE_FILE, meta)
     return meta
 

@@ -50,8 +50,11 @@ class BenchReport:
 
 
 def benchmark(run_or_artifacts: str | Path | Sequence[str | Path], config: BenchConfig | None = None,
-              progress: bool = True) -> BenchReport:
-    """Measure every artifact of a run (or the given artifact files) and write the reports."""
+              progress: bool = True, *, overwrite: bool = False) -> BenchReport:
+    """Measure every artifact of a run (or the given artifact files) and write the reports.
+
+    ``config.output`` must be a new or empty folder, or a bench folder edgetl wrote (replaced only with
+    ``overwrite``); the default folder is replaced by a rerun. Never inside the data (see edgetl._outputs)."""
     from ..doctor import device_fingerprint
 
     config = config or BenchConfig()
@@ -69,6 +72,7 @@ def benchmark(run_or_artifacts: str | Path | Sequence[str | Path], config: Bench
                           f"use --batch <= {len(images)} or a bigger --data folder")
     out_dir = Path(config.output) if config.output else (manifest.run_dir / "bench" if is_run or len(
         {find_run_dir(t.artifact.parent) for t in raw_targets}) == 1 else Path("bench"))
+    _claim(out_dir, config, raw_targets, manifest, overwrite)
     # record the stage when the reports land inside the (single) run folder, so verify() stays true
     record = out_dir.resolve().is_relative_to(manifest.run_dir.resolve())
     with (run_stage(manifest, STAGE, {**asdict(config), "artifacts": [t.key for t in targets]},
@@ -93,6 +97,17 @@ def benchmark(run_or_artifacts: str | Path | Sequence[str | Path], config: Bench
         error.report = result  # type: ignore[attr-defined]  # so a caller can still show the tables
         raise error
     return result
+
+
+def _claim(out_dir: Path, config: BenchConfig, targets: list[BenchTarget], manifest: Manifest,
+           overwrite: bool) -> None:
+    """Refuse a report folder that edgetl did not write, or one inside the data of any benchmarked run."""
+    from .._outputs import BENCH_FOLDER, claim_output, run_data_roots
+
+    runs = {manifest.run_dir.resolve()} | {run.resolve() for t in targets if (run := find_run_dir(t.artifact.parent))}
+    roots = [root for run in runs for root in run_data_roots(Manifest.load(run))]
+    claim_output(out_dir, BENCH_FOLDER, overwrite=overwrite, explicit=bool(config.output),
+                 data_roots=roots + ([Path(config.data)] if config.data else []))
 
 
 def _load_eval_data(manifest: Manifest, config: BenchConfig) -> tuple[Any, np.ndarray, str]:

@@ -17,7 +17,7 @@ from pathlib import Path
 from .._io import current_umask
 from ..errors import ConfigError, RunFolderError
 from .lock import StageLock
-from .manifest import is_run_folder
+from .manifest import Manifest, is_run_folder
 
 log = logging.getLogger(__name__)
 STAGING_PREFIX = ".edgetl-new-"
@@ -41,12 +41,7 @@ def check_output(output: Path, data_roots: list[Path], *, overwrite: bool) -> Pa
     out = output.resolve()
     if out.exists() and not out.is_dir():
         raise ConfigError(f"--output {output} is a file, not a folder: choose a folder for the run")
-    for root in data_roots:
-        if _inside(root, out):
-            raise ConfigError(f"--output {output} holds the dataset {root}: choose a folder outside the data")
-        if _inside(out, root):
-            raise ConfigError(f"--output {output} is inside the dataset {root} (it would be read as images or a "
-                              "class next time): choose a folder outside the data")
+    check_outside_data(out, data_roots, f"--output {output}")
     if out.is_dir() and any(out.iterdir()):
         if not is_run_folder(out):
             raise RunFolderError(f"{output} exists and is not an edgetl run folder; --overwrite only replaces run "
@@ -54,7 +49,23 @@ def check_output(output: Path, data_roots: list[Path], *, overwrite: bool) -> Pa
         if not overwrite:
             raise RunFolderError(f"run folder {output} already exists: use --resume to continue it, "
                                  "--overwrite to replace it, or --output for a new one")
+        try:  # an edgetl.json that is not a manifest does not make a folder edgetl's to delete
+            Manifest.load(out)
+        except RunFolderError as exc:
+            raise RunFolderError(f"{output} is not an edgetl run folder ({exc}); --overwrite only replaces run "
+                                 "folders: choose another --output") from None
     return out
+
+
+def check_outside_data(out: Path, data_roots: list[Path], shown: str) -> None:
+    """A one-line error when the resolved ``out`` holds or lies inside a dataset folder (``shown``: the option
+    and path as given, for the message)."""
+    for root in data_roots:
+        if _inside(root, out):
+            raise ConfigError(f"{shown} holds the dataset {root}: choose a path outside the data")
+        if _inside(out, root):
+            raise ConfigError(f"{shown} is inside the dataset {root} (it would be read as images or a class next "
+                              "time): choose a path outside the data")
 
 
 class RunStaging:
@@ -62,14 +73,18 @@ class RunStaging:
 
     def __init__(self, final: Path) -> None:
         self.final = final
-        final.parent.mkdir(parents=True, exist_ok=True)
-        _remove_abandoned(final)
-        self.path = Path(tempfile.mkdtemp(prefix=f"{STAGING_PREFIX}{final.name}-", dir=final.parent))
-        os.chmod(self.path, 0o777 & ~current_umask())
         self.promoted = False
         self._old_lock: StageLock | None = None
-        if is_run_folder(final):  # nobody may be training the run we are about to replace
+        if is_run_folder(final):  # nobody may be training the run we are about to replace (checked first,
             self._old_lock = StageLock(final, "finetune").acquire("it cannot be replaced while it trains")
+        try:  # so that a refusal leaves no staging folder behind)
+            final.parent.mkdir(parents=True, exist_ok=True)
+            _remove_abandoned(final)
+            self.path = Path(tempfile.mkdtemp(prefix=f"{STAGING_PREFIX}{final.name}-", dir=final.parent))
+            os.chmod(self.path, 0o777 & ~current_umask())
+        except BaseException:
+            self._release_old()
+            raise
 
     def promote(self) -> Path:
         """Move the staged run into place, replacing an old run folder (kept until this moment)."""

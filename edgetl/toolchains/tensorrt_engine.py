@@ -161,9 +161,15 @@ class _Source:
     manifest: Manifest | None = None
 
 
-def compile_engine(source: str | Path, config: CompileConfig | None = None) -> CompileResult:
+def compile_engine(source: str | Path, config: CompileConfig | None = None, *, overwrite: bool = False
+                   ) -> CompileResult:
     """Build the TensorRT engine of an export on this device: ``source`` is a run folder (its
-    ``TARGET/PRECISION`` export) or an artifact folder (the ONNX files + build.json, e.g. copied to a Jetson)."""
+    ``TARGET/PRECISION`` export) or an artifact folder (the ONNX files + build.json, e.g. copied to a Jetson).
+
+    ``config.output`` (and its fingerprint and layer report beside it) must be new, or an engine edgetl
+    built, replaced only with ``overwrite``; the default engine is replaced by a rerun (see edgetl._outputs)."""
+    from .._outputs import ENGINE, claim_output, run_data_roots
+
     config = config or CompileConfig()
     src = resolve_source(Path(source), config)
     settings = engine_settings(src, config)
@@ -171,6 +177,8 @@ def compile_engine(source: str | Path, config: CompileConfig | None = None) -> C
     if src.manifest is not None and not engine.resolve().is_relative_to(src.manifest.run_dir.resolve()):
         raise ConfigError(f"--output {engine} is outside the run folder {src.manifest.run_dir}: a run keeps its "
                           f"engine inside it (or compile the artifact folder {src.folder} instead)")
+    claim_output(engine, ENGINE, overwrite=overwrite, explicit=bool(config.output),
+                 data_roots=run_data_roots(src.manifest) if src.manifest is not None else ())
     trt = _import_tensorrt(src.folder)
     gpu = _build_device(config.device, src.folder)
     version = version_tuple(trt.__version__)

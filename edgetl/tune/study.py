@@ -50,6 +50,7 @@ def tune(config: TuneConfig, *, sampler: Any = None, pruner: Any = None, callbac
     for every trial (single process only).
     """
     require_optuna()
+    from .._outputs import STUDY_FOLDER, claim_output
     from .report import write_outputs
     from .storage import redact, storage_url
 
@@ -67,12 +68,12 @@ def tune(config: TuneConfig, *, sampler: Any = None, pruner: Any = None, callbac
     warnings = _warnings(config)
     for message in warnings:
         log.warning(message)
-    study_dir = config.study_dir.resolve()
+    if config.workers > 1 and (sampler is not None or pruner is not None or callbacks):
+        raise ConfigError("custom sampler, pruner or callbacks objects only work with workers=1")
+    study_dir = claim_output(config.study_dir, STUDY_FOLDER, data_roots=[data])  # new, empty, or a study to resume
     study_dir.mkdir(parents=True, exist_ok=True)
     url = storage_url(config)
     _save_config(study_dir, config, redact(url))
-    if config.workers > 1 and (sampler is not None or pruner is not None or callbacks):
-        raise ConfigError("custom sampler, pruner or callbacks objects only work with workers=1")
     study = _open(config, url, space, sampler, pruner)
     from .storage import fail_stale_trials
 
