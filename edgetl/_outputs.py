@@ -137,6 +137,11 @@ def is_bench_folder(path: Path) -> bool:
     return isinstance(data, dict) and data.get("kind") == "edgetl.bench"
 
 
+def is_bench_report(path: Path) -> bool:
+    data = _json_file(path)
+    return isinstance(data, dict) and data.get("kind") == "edgetl.bench"
+
+
 def is_study_folder(path: Path) -> bool:
     from .tune.study import CONFIG_NAME
 
@@ -164,6 +169,7 @@ def is_engine(engine: Path) -> bool:
 BUNDLE_ARCHIVE = OutputKind("bundle archive", folder=False, recognise=is_bundle_archive)
 BUNDLE_FOLDER = OutputKind("bundle folder", folder=True, recognise=is_bundle_folder)
 BENCH_FOLDER = OutputKind("bench report folder (report.json)", folder=True, recognise=is_bench_folder)
+BENCH_REPORT = OutputKind("bench report (report.json)", folder=False, recognise=is_bench_report)
 STUDY_FOLDER = OutputKind("tune study folder (tune.json)", folder=True, recognise=is_study_folder, reuse=True)
 ENGINE = OutputKind("TensorRT engine (with its fingerprint .engine.json)", folder=False, recognise=is_engine,
                     companions=engine_companions)

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from ..bench.config import BenchConfig
-from ..errors import ConfigError, DatasetError
+from ..errors import DatasetError
 from .bundle import Bundle
 
 
@@ -36,6 +36,7 @@ def bench_bundle(bundle: Bundle, config: BenchConfig | None = None, data: str | 
     pixels) and accuracy is not measured. Peak memory is measured only when ``config.memory``.
     """
     from .._io import write_json
+    from .._outputs import BENCH_REPORT, claim_output
     from ..bench.discover import BenchTarget
     from ..bench.harness import _add_device_details, _measure
     from ..doctor import device_fingerprint
@@ -44,8 +45,8 @@ def bench_bundle(bundle: Bundle, config: BenchConfig | None = None, data: str | 
 
     require_runtime(bundle)
     config = config or BenchConfig(memory=False)
-    if output is not None and Path(output).exists() and not Path(output).is_file():
-        raise ConfigError(f"{output} exists and is not a regular file: give -o a report.json path")
+    if output is not None:  # a new file, or a bench report edgetl wrote: never a user's file
+        claim_output(output, BENCH_REPORT, overwrite=True, option="-o")
     meta = bundle.meta
     images, labels, source = _images(bundle, data, max(config.batch_sizes))
     if data is None:

@@ -29,3 +29,17 @@ def test_bench_without_data_times_synthetic_images(onnx_bundle, tmp_path):
     assert main(["bench", str(onnx_bundle), "-o", str(out), *FAST]) == 0
     report = load_report(out)
     assert report["results"][0]["accuracy"] is None and "synthetic" in report["data"]["source"]
+
+
+def test_bench_report_replaces_only_a_bench_report(onnx_bundle, tmp_path, capsys):
+    """`python -m edgetl.runtime bench -o FILE` used to overwrite any file; now only its own reports."""
+    mine = tmp_path / "notes.json"
+    mine.write_text('{"my": "notes"}')
+    assert main(["bench", str(onnx_bundle), "-o", str(mine), *FAST]) != 0
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "is not an edgetl bench report" in err[0]
+    assert mine.read_text() == '{"my": "notes"}'
+    out = tmp_path / "report.json"
+    assert main(["bench", str(onnx_bundle), "-o", str(out), *FAST]) == 0
+    assert main(["bench", str(onnx_bundle), "-o", str(out), *FAST]) == 0  # its own report: a rerun replaces it
+    assert load_report(out)["kind"] == "edgetl.bench"
