@@ -11,6 +11,7 @@ import ast
 import dataclasses
 import functools
 import inspect
+import math
 import types
 import typing
 from collections.abc import Callable
@@ -44,36 +45,187 @@ def config_fields(cls: type) -> dict[str, dataclasses.Field]:
     return {f.name: f for f in dataclasses.fields(cls) if f.init}
 
 
-def check_keys(cls_or_names: type | set[str], data: dict[str, Any], source: str) -> None:
-    """Unknown keys are a one-line :class:`ConfigError` with the closest known names."""
+def check_keys(cls_or_names: type | set[str], data: dict[str, Any], source: str, hint: str = "") -> None:
+    """Unknown keys are a one-line :class:`ConfigError` with the closest known names (and ``hint``)."""
     names = set(config_fields(cls_or_names)) if isinstance(cls_or_names, type) else cls_or_names
     for key in data:
         if key not in names:
-            raise ConfigError(f"{source}: unknown option {key!r}.{did_you_mean(key, sorted(names))}")
+            raise ConfigError(f"{source}: unknown option {key!r}{hint}.{did_you_mean(key, sorted(names))}")
+
+
+# -- strict conversion of values (config files, recorded options, settings blocks) -------------------------
+class _Mismatch(Exception):
+    """A value that does not fit an annotation; ``args[0]`` says what it must be."""
+
+
+@functools.lru_cache(maxsize=None)
+def _hints(cls: type) -> dict[str, Any]:
+    hints = typing.get_type_hints(cls)
+    return {name: hints.get(name, Any) for name in config_fields(cls)}
+
+
+def field_types(*classes: type) -> dict[str, Any]:
+    """Field name -> resolved annotation for the init fields of ``classes`` (the first class wins)."""
+    out: dict[str, Any] = {}
+    for cls in classes:
+        out.update({k: v for k, v in _hints(cls).items() if k not in out})
+    return out
+
+
+_PLURAL = {bool: "booleans", int: "integers", float: "numbers", str: "strings"}
+
+
+def _convert(tp: Any, value: Any) -> Any:
+    """``value`` as ``tp``, strictly: bool only from true/false, int never from a float or bool, float also
+    from a numeric string (YAML reads ``1e-3`` as one), str never from a list, mapping or bool, a tuple from
+    a list or one value, Literal from its choices, None only for Optional; other annotations pass through."""
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        wanted = []
+        for arg in (a for a in args if a is not type(None)):
+            try:
+                return _convert(arg, value)
+            except _Mismatch as exc:
+                wanted.append(exc.args[0])
+        raise _Mismatch(" or ".join(wanted + (["null"] if type(None) in args else [])))
+    if origin is typing.Literal:
+        if any(value == a and type(value) is type(a) for a in args):
+            return value
+        raise _Mismatch("one of " + ", ".join(map(str, args)))
+    if origin is tuple and (len(args) == 2 and args[1] is Ellipsis):
+        item = args[0]
+        what = f"{_convert_name(item)} or a list of {_PLURAL.get(item, 'values')}"
+        try:
+            return tuple(_convert(item, v) for v in value) if isinstance(value, (list, tuple)) else \
+                (_convert(item, value),)
+        except _Mismatch:
+            raise _Mismatch(what) from None
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise _Mismatch("a mapping")
+        key_tp, value_tp = args or (Any, Any)
+        try:
+            return {_convert(key_tp, k): _convert(value_tp, v) for k, v in value.items()}
+        except _Mismatch:
+            raise _Mismatch(f"a mapping of {_PLURAL.get(key_tp, 'keys')} to {_PLURAL.get(value_tp, 'values')}") \
+                from None
+    return _scalar(tp, value)
+
+
+def _scalar(tp: Any, value: Any) -> Any:
+    import numbers
+    import os
+
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+    elif tp is int:
+        if isinstance(value, numbers.Integral) and not isinstance(value, bool):
+            return int(value)
+    elif tp is float:
+        if isinstance(value, numbers.Real) and not isinstance(value, bool):
+            return value if isinstance(value, int) else float(value)
+        if isinstance(value, str):
+            try:
+                number = float(value.strip())
+            except ValueError:
+                number = float("nan")
+            if math.isfinite(number):
+                return number
+    elif tp is str:
+        if isinstance(value, str):
+            return value
+        if isinstance(value, os.PathLike):
+            return os.fspath(value)
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return str(value)  # a folder named 2024, target_macs: 200000000
+    else:
+        return value  # Any, Path, ...: not checked here
+    raise _Mismatch(_convert_name(tp))
+
+
+def _convert_name(tp: Any) -> str:
+    return {bool: "true or false (a YAML boolean, unquoted)", int: "an integer", float: "a number",
+            str: "a string"}.get(tp, getattr(tp, "__name__", str(tp)))
+
+
+def show_value(value: Any) -> str:
+    """A value as a user typed it, shortened: null, true/false, or its (truncated) repr."""
+    import reprlib
+
+    if value is None or isinstance(value, bool):
+        return {None: "null", True: "true", False: "false"}[value]
+    short = reprlib.Repr()
+    short.maxstring, short.maxother, short.maxlist, short.maxdict, short.maxlevel = 60, 60, 6, 6, 3
+    return short.repr(value)
+
+
+def convert_value(tp: Any, value: Any, what: str) -> Any:
+    """``value`` converted to the annotation ``tp`` (see :func:`_convert`), or a one-line
+    :class:`ConfigError` "WHAT must be EXPECTED, got VALUE"."""
+    try:
+        return _convert(tp, value)
+    except _Mismatch as exc:
+        raise ConfigError(f"{what} must be {exc.args[0]}, got {show_value(value)}") from None
+
+
+def typed_values(hints: dict[str, Any], data: dict[str, Any], source: str, label: str = "option") -> dict[str, Any]:
+    """Every value of ``data`` converted to its field's annotation in ``hints`` (name -> type; a name not
+    there passes unchanged): the one strict conversion that config files, recorded options and settings
+    blocks share. A wrong type is "SOURCE: LABEL 'NAME' must be ..., got ..."."""
+    prefix = f"{source}: " if source else ""
+    return {k: convert_value(hints[k], v, f"{prefix}{label} {k!r}") if k in hints else v for k, v in data.items()}
+
+
+def config_from_dict(cls: type, data: dict[str, Any], source: str, label: str = "option") -> Any:
+    """``cls`` from a mapping: an unknown key, a missing required one or a wrong type is a one-line
+    :class:`ConfigError` naming it."""
+    check_keys(cls, data, source, f" ({cls.__name__} has no such field: check its spelling, or the edgetl "
+                                  "version that wrote it)")
+    for name, field in config_fields(cls).items():
+        if name not in data and field.default is dataclasses.MISSING and field.default_factory is dataclasses.MISSING:
+            raise ConfigError(f"{source}: {label} {name!r} is required ({cls.__name__} has no default for it): set it")
+    return cls(**typed_values(field_types(cls), data, source, label))
+
+
+def check_fields(config: Any) -> None:
+    """For ``__post_init__``: convert every field of a (possibly frozen) dataclass instance in place, so the
+    Python API checks types as config files do; a wrong type names the class, the field and the type."""
+    cls = type(config)
+    for name, tp in _hints(cls).items():
+        value = getattr(config, name)
+        new = convert_value(tp, value, f"{cls.__name__}: option {name!r}")
+        if new is not value:
+            object.__setattr__(config, name, new)
 
 
 def settings_from_dict(cls: type, data: dict[str, Any], source: str = "", what: str = "setting") -> Any:
     """``cls(**data)`` for a settings dataclass read from a YAML block; an unknown key is a one-line
-    :class:`ConfigError` naming the block (``source``), the closest known key and every key it takes."""
+    :class:`ConfigError` naming the block (``source``), the closest known key and every key it takes; each
+    value is converted as :func:`typed_values` does (a wrong type names the key and the type it takes)."""
     known = list(config_fields(cls))
+    where = f"{source} " if source else ""
     for key in data:
         if key not in known:
-            where = f"{source} " if source else ""
             raise ConfigError(f"{where}{what} {key!r} is unknown.{did_you_mean(key, known)} It takes: {', '.join(known)}")
-    return cls(**data)
+    return cls(**typed_values(field_types(cls), data, source, what))
 
 
 def load_config_file(path: str | Path) -> dict[str, Any]:
-    """A YAML (or JSON) mapping of option names (``batch-size`` or ``batch_size``) to values."""
-    import yaml
+    """A YAML (or JSON) mapping of option names (``batch-size`` or ``batch_size``) to values (read by the
+    alias-refusing :func:`~edgetl._yaml.load_yaml`)."""
+    from ._yaml import load_yaml
 
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"config file not found: {path}")
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path} is not valid YAML ({str(exc).splitlines()[0]})") from None
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc}") from None
+    data = load_yaml(text, str(path))
     if data is None:
         return {}
     if not isinstance(data, dict):
@@ -169,12 +321,15 @@ def options_from(*classes: type, skip: tuple[str, ...] = (), custom: dict[str, O
             if name not in skip and name not in fields:
                 fields[name] = (field, hints[name], docs.get(name, ""))
 
+    types_ = {**field_types(*classes), **{name: spec[1] for name, spec in fields.items()}}
+
     def decorate(command: Callable) -> Callable:
         @functools.wraps(command)
         def wrapper(*args: Any, config_file: Path | None = None, **kwargs: Any) -> Any:
             ctx = click.get_current_context()
             from_file = load_config_file(config_file) if config_file else {}
             check_keys(set(fields) | set(skip), from_file, str(config_file))
+            from_file = typed_values(types_, from_file, str(config_file))  # before any work starts
             values = {}
             for name in fields:
                 raw = kwargs.pop(name)
@@ -212,9 +367,7 @@ def _field_value(name: str, raw: Any, spec: tuple, opt: Opt, given: bool, from_f
 
 
 def build(cls: type, values: dict[str, Any], **overrides: Any) -> Any:
-    """``cls`` from the fields of ``values`` it has (and ``overrides``); a bad value is a one-line error."""
+    """``cls`` from the fields of ``values`` it has (and ``overrides``), each converted strictly to its
+    field's type (:func:`typed_values`); a bad value is a one-line error naming the option."""
     own = {**{k: v for k, v in values.items() if k in config_fields(cls)}, **overrides}
-    try:
-        return cls(**own)
-    except TypeError as exc:
-        raise ConfigError(f"{cls.__name__}: {exc}") from None
+    return config_from_dict(cls, own, cls.__name__)

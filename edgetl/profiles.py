@@ -10,7 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from .errors import EdgetlError, TargetError, did_you_mean
+from .config import field_types, typed_values
+from .errors import ConfigError, EdgetlError, TargetError, did_you_mean
 
 PRECISIONS = ("fp32", "fp16", "int8")
 
@@ -84,14 +85,15 @@ class TargetProfile:
         unknown = sorted(set(data) - set(cls.__dataclass_fields__))
         if unknown:
             raise TargetError(f"target profile {source or data['name']} has unknown keys {unknown}")
-        precisions = tuple(data["precisions"])
-        return cls(name=data["name"], description=data.get("description", ""), runtime=data["runtime"],
-                   toolchain=data.get("toolchain", ""),
-                   device=data["device"], precisions=precisions,
-                   default_precision=data.get("default_precision", precisions[0]),
-                   runner_options=dict(data.get("runner_options") or {}),
-                   quantization=dict(data.get("quantization") or {}),
-                   hardware=dict(data.get("hardware") or {}), engine=dict(data.get("engine") or {}))
+        blocks = ("runner_options", "quantization", "hardware", "engine")  # an empty block reads as null
+        try:  # the strict conversion of --config: precisions: int8 is one precision, not four letters
+            values = typed_values(field_types(cls), {k: v for k, v in data.items() if not (k in blocks and v is None)},
+                                  f"target profile {source or data['name']}", "key")
+        except ConfigError as exc:
+            raise TargetError(str(exc)) from None
+        values.setdefault("description", "")
+        values.setdefault("default_precision", values["precisions"][0] if values["precisions"] else "")
+        return cls(**values)
 
 
 def _profile_files() -> dict[str, Any]:
@@ -111,16 +113,15 @@ def all_targets() -> list[TargetProfile]:
 
 def load_target(name: str) -> TargetProfile:
     """The profile ``targets/NAME.yaml``; unknown names list the known ones."""
-    import yaml
+    from ._yaml import load_yaml
 
     entries = _profile_files()
     if name not in entries:
         known = sorted(entries)
         raise TargetError(f"unknown target {name!r}.{did_you_mean(name, known)} Known targets: {', '.join(known)}")
-    try:
-        data = yaml.safe_load(entries[name].read_text(encoding="utf-8")) or {}
-    except yaml.YAMLError as exc:
-        raise TargetError(f"target profile {name}.yaml is not valid YAML: {str(exc).splitlines()[0]}") from None
+    data = load_yaml(entries[name].read_text(encoding="utf-8"), f"target profile {name}.yaml", TargetError) or {}
+    if not isinstance(data, dict):
+        raise TargetError(f"target profile {name}.yaml must hold a mapping of keys to values")
     profile = TargetProfile.from_dict(data, source=f"{name}.yaml")
     if profile.name != name:
         raise TargetError(f"{name}.yaml declares name {profile.name!r}; the file name and the name must agree")

@@ -44,7 +44,7 @@ class PruneConfig:
     """Channel importance: reconstruction (drop the channels the consuming layer can best do without once
     re-solved by least squares; needs no labels), magnitude (L2 of weights), taylor (weight x gradient on a
     training batch) or lamp."""
-    layer_ratio: tuple[str, ...] = ()
+    layer_ratio: tuple[str, ...] | dict[str, float] = ()
     """Another ratio for some modules, NAME=RATIO (a name or pattern; a block's name covers its layers; later
     ones win), e.g. ``conv_head=0.3`` or ``'blocks.5.*=0.5'``; with --ratio only."""
     global_pruning: bool = False
@@ -104,6 +104,9 @@ class PruneConfig:
     """Data-loading worker processes for recovery."""
 
     def __post_init__(self) -> None:
+        from .config import check_fields
+
+        check_fields(self)  # types first: keep: conv_head is one name, not nine letters
         goals = [g for g in (self.target_macs, self.target_latency) if g is not None]
         if self.ratio is None and not goals:
             self.ratio = 0.4

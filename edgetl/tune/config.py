@@ -49,6 +49,9 @@ class TuneConfig:
     """Torch CPU threads per trial [default: the cores divided among the workers]."""
 
     def __post_init__(self) -> None:
+        from ..config import check_fields
+
+        check_fields(self)  # types first: trials: many is a one-line error naming trials
         if self.trials < 1:
             raise ConfigError(f"trials must be at least 1, not {self.trials}")
         if self.timeout is not None and self.timeout <= 0:

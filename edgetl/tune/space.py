@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ..config import convert_value
 from ..errors import ConfigError, did_you_mean
 
 NOT_SEARCHABLE = ("data", "output", "val", "weights", "workers", "threads", "strict", "save_every_epoch")
@@ -128,8 +129,7 @@ def parse_space(data: dict[str, Any], source: str = "search space") -> SearchSpa
                 raise ConfigError(f"{source}: {key} cannot be searched (it can only be fixed: {key}: VALUE)")
             params.append(_param(key, spec, source))
         else:
-            _check_value(key, spec, source)
-            fixed[key] = spec
+            fixed[key] = _check_value(key, spec, source)
     return SearchSpace(tuple(params), fixed)
 
 
@@ -145,42 +145,31 @@ def _param(key: str, spec: dict[str, Any], source: str) -> Param:
         choices = spec["choices"]
         if not isinstance(choices, list) or not choices:
             raise ConfigError(f"{where}: choices must be a non-empty list")
+        choices = [_check_value(key, value, source) for value in choices]
         if len(set(map(repr, choices))) != len(choices):
             raise ConfigError(f"{where}: choices repeat a value")
-        for value in choices:
-            _check_value(key, value, source)
         return Param(key, choices=tuple(choices))
     if "low" not in spec or "high" not in spec:
         raise ConfigError(f"{where}: a range needs both low and high (or give choices: [...])")
-    low, high, log, step = _number(spec["low"], where), _number(spec["high"], where), spec.get("log", False), \
-        spec.get("step")
+    kind = _field_kind(key)
+    if kind not in (int, float):
+        raise ConfigError(f"{where}: {key} is not numeric: give choices: [...] instead of a range")
+    low, high = (convert_value(kind, spec[bound], f"{where}: {bound}") for bound in ("low", "high"))
+    log = convert_value(bool, spec.get("log", False), f"{where}: log")  # "false" is not false
+    step = None if spec.get("step") is None else convert_value(kind, spec["step"], f"{where}: step")
+    if kind is float:
+        low, high = float(low), float(high)
     if not low < high:
         raise ConfigError(f"{where}: impossible range, low {low} must be less than high {high}")
     if log and low <= 0:
         raise ConfigError(f"{where}: a log range needs low > 0, not {low}")
     if log and step:
         raise ConfigError(f"{where}: a range is either log or stepped, not both")
-    if step is not None and not (_number(step, where) > 0 and step <= high - low):
+    if step is not None and not 0 < step <= high - low:
         raise ConfigError(f"{where}: step {step} must be positive and at most high - low")
-    kind = _field_kind(key)
-    if kind not in (int, float):
-        raise ConfigError(f"{where}: {key} is not numeric: give choices: [...] instead of a range")
-    if kind is int and not (isinstance(low, int) and isinstance(high, int)):
-        raise ConfigError(f"{where}: {key} is an integer option: low and high must be integers")
-    if kind is float:
-        low, high = float(low), float(high)
     for value in (low, high):
         _check_value(key, value, source)
-    return Param(key, low=low, high=high, log=bool(log), step=step)
-
-
-def _number(value: Any, where: str) -> float | int:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        try:
-            return float(value)  # YAML reads 1e-4 (no dot) as a string
-        except (TypeError, ValueError):
-            raise ConfigError(f"{where}: {value!r} is not a number") from None
-    return value
+    return Param(key, low=low, high=high, log=log, step=step)
 
 
 def _field_kind(key: str) -> Any:
@@ -191,17 +180,13 @@ def _field_kind(key: str) -> Any:
     return args[0] if args[0] in (int, float, bool, str) else str
 
 
-def _check_value(key: str, value: Any, source: str) -> None:
-    """FinetuneConfig's own validation of one value (and its type) for ``key``."""
+def _check_value(key: str, value: Any, source: str) -> Any:
+    """``value`` converted to ``key``'s field type (the strict conversion of ``--config``) and checked by
+    FinetuneConfig's own validation."""
+    from ..config import field_types
     from ..finetune import FinetuneConfig
 
-    kind = _field_kind(key)
-    ok = value is None or (isinstance(value, bool) if kind is bool else
-                           isinstance(value, (int, float)) and not isinstance(value, bool) if kind is float else
-                           isinstance(value, int) and not isinstance(value, bool) if kind is int else
-                           isinstance(value, str))
-    if not ok:
-        raise ConfigError(f"{source}: {key}: {value!r} is not a valid {kind.__name__}")
+    value = convert_value(field_types(FinetuneConfig)[key], value, f"{source}: {key}")
     if key in ("batch_size", "image_size", "epochs") and value is not None and value < (8 if key == "image_size" else 1):
         raise ConfigError(f"{source}: {key}: {value} is out of range")
     if key in ("weight_decay", "backbone_lr_scale", "warmup_epochs") and value is not None and value < 0:
@@ -210,3 +195,4 @@ def _check_value(key: str, value: Any, source: str) -> None:
         FinetuneConfig(data=".", **{key: value})
     except ConfigError as exc:
         raise ConfigError(f"{source}: {key}: {exc}") from None
+    return value
