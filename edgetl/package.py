@@ -217,9 +217,12 @@ def _io_names(run_dir: Path, model_rel: str, files: dict[str, dict[str, Any]], s
 def _last_bench(manifest: Manifest, model_rel: str) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
     """Accuracy and latency of this artifact from the run's last bench, when it measured these very bytes."""
     stage = manifest.stage("bench")
-    report_path = manifest.run_dir / "bench" / "report.json"
     current = (manifest.stage(_stage_of(manifest, model_rel)) or {}).get("artifacts", {}).get(model_rel, {})
-    if not stage or not report_path.is_file() or stage.get("inputs", {}).get(model_rel) != current.get("sha256"):
+    if not stage or stage.get("inputs", {}).get(model_rel) != current.get("sha256"):
+        return None, None
+    try:  # the report bench recorded, byte for byte: an edited or linked-in one never reaches bundle.json
+        report_path, _ = verified_file(manifest, "bench/report.json")
+    except RunFolderError:
         return None, None
     try:
         report = json.loads(report_path.read_text(encoding="utf-8"))

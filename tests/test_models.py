@@ -123,5 +123,5 @@ def test_weight_file_missing_or_garbage(tmp_path: Path):
     with pytest.raises(ModelError, match="not found"):
         build_model("mobilenet_v3_small", 2, weights=tmp_path / "none.pt")
     (tmp_path / "junk.pt").write_bytes(b"junk")
-    with pytest.raises(ModelError, match="could not read"):
+    with pytest.raises(ModelError, match="junk.pt cannot be read as a weight file"):
         build_model("mobilenet_v3_small", 2, weights=tmp_path / "junk.pt")

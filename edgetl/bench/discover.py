@@ -3,6 +3,7 @@ checked against its recorded sha256, then expanded into runtime variants (:class
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -12,6 +13,7 @@ from ..backends import RUNTIMES, extension_runtimes, runtime_for_suffix
 from ..errors import ConfigError, RunFolderError
 from ..run.integrity import stale_reason, verified_file
 from ..run.manifest import MANIFEST_NAME, Manifest
+from ..run.safe_paths import run_file, run_relative
 from .config import STAGE, BenchConfig
 
 # views of the runtime table (edgetl/backends/_registry.py): extension -> runtime, runtime -> report title
@@ -54,8 +56,9 @@ def runtime_for_path(path: Path) -> str:
 
 
 def find_run_dir(path: Path) -> Path | None:
-    """The run folder holding ``path`` (the nearest parent with an edgetl.json), if any."""
-    for parent in [path, *path.resolve().parents]:
+    """The run folder holding ``path`` (the nearest parent with an edgetl.json, as spelled, else as resolved)."""
+    spelled = Path(os.path.abspath(path))
+    for parent in [spelled, *spelled.parents, *path.resolve().parents]:
         if (parent / MANIFEST_NAME).is_file():
             return parent
     return None
@@ -92,11 +95,11 @@ def discover_artifacts(manifest: Manifest) -> list[BenchTarget]:
             runtime = entry.get("runtime")
             if not runtime:
                 continue
-            path = _resolve_artifact_file(manifest.run_dir / rel, runtime)
+            path = _resolve_artifact_file(run_file(manifest.run_dir, rel), runtime)
+            key = run_relative(manifest.run_dir, path) if path.exists() else rel
             if path.resolve() in seen:
                 continue
             seen.add(path.resolve())
-            key = path.resolve().relative_to(manifest.run_dir.resolve()).as_posix() if path.exists() else rel
             # run it as its build recorded: the target's device and runner options (bench options override)
             takes_device = "device" in RUNTIMES[runtime].runner_class().option_names if runtime in RUNTIMES else False
             options = {**(entry.get("runner_options") or {}),
@@ -118,7 +121,7 @@ def check_targets(targets: list[BenchTarget], verify: bool = True) -> dict[Path,
         if run_dir is None:
             continue
         manifest = manifests.setdefault(run_dir.resolve(), Manifest.load(run_dir))
-        rel = target.artifact.resolve().relative_to(run_dir.resolve()).as_posix()
+        rel = run_relative(run_dir, target.artifact)
         found = manifest.producer(rel)
         if found is None:
             if verify:
@@ -133,7 +136,7 @@ def check_targets(targets: list[BenchTarget], verify: bool = True) -> dict[Path,
 
 
 def _manifest_entry(manifest: Manifest, path: Path) -> dict[str, Any]:
-    rel = path.resolve().relative_to(manifest.run_dir.resolve()).as_posix()
+    rel = run_relative(manifest.run_dir, path)
     for stage in manifest.stages.values():
         for key, entry in stage.get("artifacts", {}).items():
             if key == rel or rel.startswith(key.rstrip("/") + "/"):
@@ -200,7 +203,7 @@ def _load_manifests(inputs: Sequence[str | Path]) -> tuple[Manifest, list[BenchT
                                  "benchmark it from its run folder (the one holding edgetl.json)")
         manifest = manifests.setdefault(run_dir.resolve(), Manifest.load(run_dir))
         entry = _manifest_entry(manifest, path)
-        key = path.resolve().relative_to(run_dir.resolve()).as_posix()
+        key = run_relative(run_dir, path)
         found.append((run_dir.resolve(), BenchTarget(
             artifact=path, runtime=entry.get("runtime", runtime_for_path(path)), key=key,
             precision=entry.get("precision"), format=entry.get("format"), size_bytes=_size_on_disk(path),

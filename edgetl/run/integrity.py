@@ -16,6 +16,7 @@ from typing import Any
 from .._io import sha256
 from ..errors import IntegrityError, RunFolderError
 from .manifest import COMPLETE, Manifest
+from .safe_paths import run_file
 
 
 def rerun_hint(stage: str, run_dir: Path) -> str:
@@ -42,8 +43,9 @@ def verified_file(manifest: Manifest, rel: str, *, verify: bool = True) -> tuple
 
     Missing file or record: :class:`RunFolderError`. Different bytes: :class:`IntegrityError`, unless
     ``verify`` is False (for people who edit artifacts on purpose); the actual sha256 is returned either way.
+    A symlink leaving the run folder is refused whatever ``verify`` says (:func:`~.safe_paths.run_relative`).
     """
-    path = manifest.run_dir / rel
+    path = run_file(manifest.run_dir, rel)
     found = manifest.producer(rel)
     if not path.is_file():
         hint = rerun_hint(found[0], manifest.run_dir) if found else "re-run the stage that writes it"
@@ -124,13 +126,28 @@ class StageState:
     status: str
     """The recorded status: complete, running, failed, interrupted, budget-missed."""
     state: str
-    """current, stale, modified, missing, busy (being written now), or the recorded status."""
+    """current, stale, modified, missing, unsafe (a symlink leaving the run), busy (being written now), or the
+    recorded status."""
     detail: str = ""
     files: dict[str, str] = field(default_factory=dict)
     """Files that are modified or missing, with what is wrong."""
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+UNSAFE = "a symlink leaving the run folder"
+
+
+def _file_problem(manifest: Manifest, rel: str, digest: str) -> str | None:
+    """What is wrong with a recorded file: unsafe, missing, modified, or None (never reads outside the run)."""
+    try:
+        file = run_file(manifest.run_dir, rel)
+    except RunFolderError:
+        return UNSAFE
+    if not file.is_file():
+        return "missing"
+    return "modified" if sha256(file) != digest else None
 
 
 def run_status(run_dir: str | Path) -> list[StageState]:
@@ -141,18 +158,16 @@ def run_status(run_dir: str | Path) -> list[StageState]:
     states = []
     for name, record in manifest.stages.items():
         status = record.get("status", "?")
-        problems = {}
-        for rel, digest in manifest.recorded_files(name).items():
-            file = manifest.run_dir / rel
-            if not file.is_file():
-                problems[rel] = "missing"
-            elif sha256(file) != digest:
-                problems[rel] = "modified"
+        problems = {rel: problem for rel, digest in manifest.recorded_files(name).items()
+                    if (problem := _file_problem(manifest, rel, digest))}
         stale = stale_reason(manifest, name)
         if stage_busy(manifest.run_dir, name):
             state, detail = "busy", f"being written by another process (pid {record.get('pid', '?')})"
         elif status not in (COMPLETE, "budget-missed"):
             state, detail = status, record.get("error", "")
+        elif UNSAFE in problems.values():
+            unsafe = [rel for rel, problem in problems.items() if problem == UNSAFE]
+            state, detail = "unsafe", f"{', '.join(unsafe)}: {UNSAFE}; replace it with the file itself"
         elif problems:
             state = "missing" if "missing" in problems.values() else "modified"
             detail = f"{len(problems)} file(s) {state}: re-run `{rerun_hint(name, manifest.run_dir)}`"

@@ -28,6 +28,7 @@ from .. import __version__
 from .._io import read_json, sha256, utc_now, write_json
 from ..errors import RunFolderError
 from .lock import manifest_lock
+from .safe_paths import inside_name, run_file, run_relative
 
 MANIFEST_NAME = "edgetl.json"
 SCHEMA_VERSION = 2
@@ -170,10 +171,7 @@ class Manifest:
     def add_artifact(self, name: str, path: str | Path, **extra: Any) -> dict[str, Any]:
         """Record ``path`` (inside the run folder) under stage ``name`` with its size and sha256."""
         path = Path(path)
-        try:
-            rel = path.resolve().relative_to(self.run_dir.resolve()).as_posix()
-        except ValueError:
-            raise RunFolderError(f"artifact {path} is outside the run folder {self.run_dir}") from None
+        rel = run_relative(self.run_dir, path)
         files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
         entry: dict[str, Any] = {"bytes": sum(p.stat().st_size for p in files)}
         if path.is_file():
@@ -232,7 +230,11 @@ class Manifest:
         problems = []
         for stage_name in self.stages:
             for rel, digest in self.recorded_files(stage_name).items():
-                file = self.run_dir / rel
+                try:
+                    file = run_file(self.run_dir, rel)
+                except RunFolderError as exc:
+                    problems.append(f"{stage_name}: {exc}")
+                    continue
                 if not file.is_file():
                     problems.append(f"{stage_name}: {file} is missing")
                 elif sha256(file) != digest:
@@ -261,21 +263,26 @@ def _read_checked(path: Path) -> dict[str, Any]:
             raise RunFolderError(f"{damaged} '{key}' is {state}, expected a JSON {'object' if kind is dict else 'list'}")
     data.setdefault("parent", None)
     for name, stage in data["stages"].items():
-        if not isinstance(stage, dict) or not isinstance(stage.get("artifacts", {}), dict):
+        if not isinstance(stage, dict) or not all(isinstance(stage.get(k, {}), dict) for k in ("artifacts", "inputs")):
             raise RunFolderError(f"{damaged} stage '{name}' is not a stage record")
         stage.setdefault("inputs", {})
-        for rel in stage.get("artifacts", {}):
-            _check_inside(rel, path, name)
-        for rel in stage["inputs"]:
-            _check_inside(rel, path, name)
+        for key in ("artifacts", "inputs"):
+            if key in stage:
+                stage[key] = {_check_inside(rel, path, name): value for rel, value in stage[key].items()}
     return data
 
 
-def _check_inside(rel: str, path: Path, stage: str) -> None:
+def _check_inside(rel: str, path: Path, stage: str) -> str:
+    """A recorded path, run-relative (an absolute one inside the run folder is made relative), or refused."""
+    given = rel
+    if PurePosixPath(rel).is_absolute():  # both sides made absolute (and resolved) before comparing
+        rel = inside_name(path.parent, rel) or rel
     parts = PurePosixPath(rel).parts
-    if not rel or PurePosixPath(rel).is_absolute() or ".." in parts or "\\" in rel or ":" in (parts[0] if parts else ""):
-        raise RunFolderError(f"{path}: stage '{stage}' records {rel!r}, a path outside the run folder; "
+    if (rel in ("", ".") or PurePosixPath(rel).is_absolute() or ".." in parts or "\\" in rel
+            or ":" in (parts[0] if parts else "")):
+        raise RunFolderError(f"{path}: stage '{stage}' records {given!r}, a path outside the run folder; "
                              "edgetl only reads artifacts inside the run")
+    return rel
 
 
 def plain(value: Any) -> Any:

@@ -27,6 +27,7 @@ from ..backends import tensorrt as trt_backend
 from ..errors import ConfigError, IntegrityError, MissingBackendError, RunFolderError, TargetError
 from ..profiles import PRECISIONS
 from ..run.manifest import COMPLETE, Manifest, is_run_folder
+from ..run.safe_paths import run_relative
 from .tensorrt_fingerprint import ENGINE_NAME, layers_name, profile_batches
 from .trt_settings import OVERRIDES, CompileConfig, EngineSettings, Hardware  # noqa: F401  (CompileConfig: public here too)
 
@@ -327,8 +328,7 @@ def _verified_onnx(src: _Source, strongly_typed: bool) -> tuple[Path, str]:
     actual = sha256(path)
     recorded = (src.block.get("sha256") or {}).get(name)
     if src.manifest is not None:
-        recorded = recorded or src.manifest.recorded_sha256(path.resolve().relative_to(
-            src.manifest.run_dir.resolve()).as_posix())
+        recorded = recorded or src.manifest.recorded_sha256(run_relative(src.manifest.run_dir, path))
     if recorded and recorded != actual:
         raise IntegrityError(f"{path} does not match the sha256 its export recorded (it changed or was copied "
                              f"incompletely): copy {src.folder} again, or re-run the export")
@@ -342,7 +342,7 @@ def _recorded(job: _Job, config: CompileConfig) -> CompileResult:
     name = f"{src.target}:{src.precision}:engine"
     options = {"compile": asdict(config), "engine": job.settings.to_dict(), "strongly_typed": job.typed,
                "onnx": job.onnx.name}
-    rel = job.onnx.resolve().relative_to(manifest.run_dir.resolve()).as_posix()
+    rel = run_relative(manifest.run_dir, job.onnx)
     with stage(manifest, name, options, [rel], busy_hint="another compile of it is running") as st:
         result = job.run()
         device = f"GPU.{job.device_index}" if result.device == "GPU" and job.device_index else result.device

@@ -76,15 +76,21 @@ class SharedCache:
         path, meta_path = self._paths(key)
         if not (path.is_file() and meta_path.is_file()):
             return None
-        import torch
+        from ..errors import EdgetlError
+        from ..models import load_torch_file
 
         try:
             meta = json.loads(meta_path.read_text())
-            if meta.get("sha256") != sha256(path) or meta.get("images") != count:
+            if not isinstance(meta, dict) or meta.get("sha256") != sha256(path) or meta.get("images") != count:
                 log.warning("shared feature cache %s does not match its checksum: computing again", path.name)
                 return None
-            data = torch.load(path, map_location="cpu", weights_only=True)
-        except (OSError, ValueError, RuntimeError) as exc:
+            data = load_torch_file(path, what="a feature cache", hint="computing the features again")
+            if not isinstance(data, dict) or not all(hasattr(data.get(k), "shape") for k in ("features", "labels")):
+                raise ValueError("not a features file")
+        except EdgetlError as exc:
+            log.warning("shared %s", exc)
+            return None
+        except (OSError, ValueError) as exc:
             log.warning("shared feature cache %s unreadable (%s): computing again", path.name, exc)
             return None
         return data["features"], data["labels"]

@@ -16,9 +16,11 @@ import numpy as np
 from .._console import progress_bar
 from .._io import atomic_path, write_json
 from ..data import DatasetSplits, make_loader
-from ..errors import DatasetError
+from ..errors import DatasetError, RunFolderError
 from ..metrics import classification_metrics, plot_confusion_matrix
+from ..models import load_torch_file
 from ..run.manifest import Manifest
+from ..run.safe_paths import run_file
 from ..run.split import SPLIT_NAME
 from ..run.stage import failure_reason
 from . import distributed
@@ -35,6 +37,8 @@ log = logging.getLogger(__name__)
 STAGE = "finetune"
 RESUMABLE = ("epochs", "patience", "workers", "threads", "save_every_epoch")
 """Options a resumed run may change; every other option is fixed by what the run was trained with."""
+_STATE_FIELDS = {"model": dict, "optimizer": dict, "scheduler": dict, "epoch": int, "best": (int, float),
+                 "best_epoch": int, "bad_epochs": int, "history": list}  # what checkpoints/last.pt holds, by type
 
 
 @dataclass
@@ -174,23 +178,41 @@ class Trainer:
             torch.save(payload, tmp)
 
     def _restore(self) -> None:
-        import torch
-
-        state = torch.load(self.run_dir / "checkpoints" / "last.pt", map_location="cpu", weights_only=True)
-        self.model.load_state_dict(state["model"])
-        if self.ema is not None:
-            self.ema.module.load_state_dict(state["ema"])  # ema cannot change on resume: it was saved
-        self.optimizer.load_state_dict(state["optimizer"])
+        """Continue from ``checkpoints/last.pt`` (read by the one safe loader; a foreign file is refused)."""
+        path = run_file(self.run_dir, "checkpoints/last.pt")
+        hint = f"fine-tune again without --resume (edgetl finetune DATA -o {self.run_dir} --overwrite)"
+        state = load_torch_file(path, what="an edgetl training state", hint=hint)
+        wanted = {**_STATE_FIELDS, **({"ema": dict} if self.ema is not None else {})}
+        bad = [k for k, kind in wanted.items() if not isinstance(state, dict) or not isinstance(state.get(k), kind)]
+        if bad:
+            raise RunFolderError(f"{path} is not an edgetl training state (damaged or foreign; no valid "
+                                 f"{', '.join(bad)}): {hint}")
+        try:
+            self.model.load_state_dict(state["model"])
+            if self.ema is not None:
+                self.ema.module.load_state_dict(state["ema"])  # ema cannot change on resume: it was saved
+            self.optimizer.load_state_dict(state["optimizer"])
+        except (RuntimeError, KeyError, ValueError, TypeError, AttributeError, IndexError):
+            raise RunFolderError(f"{path} does not fit this run's model or optimizer (damaged, or from another "
+                                 f"run): {hint}") from None
         try:
             self.scheduler.load_state_dict(state["scheduler"])
         except (KeyError, ValueError, TypeError):
-            from ..errors import RunFolderError
-
             raise RunFolderError(f"{self.run_dir}/checkpoints/last.pt holds a learning-rate schedule of an older "
                                  "edgetl that this one cannot continue: fine-tune again with --overwrite") from None
         self.epoch, self.best, self.best_epoch = state["epoch"], state["best"], state["best_epoch"]
         self.best_loss = state.get("best_loss", float("-inf"))  # an older run's: ties never improve, as it ran
         self.bad_epochs, self.history = state["bad_epochs"], state["history"]
+        try:
+            self._restore_rng(state)
+        except (RuntimeError, ValueError, TypeError, KeyError):
+            raise RunFolderError(f"{path} holds no usable random-number state (damaged or foreign): {hint}") from None
+        log.info("resuming %s after epoch %d (best val top-1 %.2f%% at epoch %d)", self.run_dir, self.epoch,
+                 100 * self.best, self.best_epoch)
+
+    def _restore_rng(self, state: dict[str, Any]) -> None:
+        import torch
+
         ranks = state.get("rng_ranks")
         if ranks and len(ranks) == self.dist.world:
             torch_rng, python_rng = ranks[self.dist.rank]
@@ -200,8 +222,6 @@ class Trainer:
             torch.set_rng_state(state["rng"])
             if "python_rng" in state:
                 random.setstate(state["python_rng"])
-        log.info("resuming %s after epoch %d (best val top-1 %.2f%% at epoch %d)", self.run_dir, self.epoch,
-                 100 * self.best, self.best_epoch)
 
     # -- features (linear probe) ----------------------------------------------------------------
     def _features(self, loader, progress, label: str):
@@ -427,9 +447,7 @@ class Trainer:
         return improved
 
     def _finish(self, wall: float) -> FinetuneResult:
-        import torch
-
-        best = torch.load(self.run_dir / "checkpoint.pt", map_location="cpu", weights_only=True) if self.is_main else None
+        best = load_torch_file(self.run_dir / "checkpoint.pt") if self.is_main else None
         best = self.dist.broadcast(best)["state_dict"]
         self.model.load_state_dict(best)
         if self.ema is not None:  # the best weights were the average's

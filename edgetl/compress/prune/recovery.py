@@ -12,15 +12,18 @@ from ...errors import RunFolderError
 def resume_recovery(manifest: Any, bundle: Any, config: Any) -> Any:
     """For ``edgetl finetune --resume`` of a pruned run: reshape ``bundle`` to the pruned architecture (from its
     checkpoint.pt) and return the distillation loss from the parent model."""
-    import torch
-
     from . import apply_architecture
-    from ...models import load_run_model
+    from ...models import load_run_model, load_torch_file
 
     checkpoint = manifest.run_dir / "checkpoint.pt"
     if not checkpoint.is_file():
         raise RunFolderError(f"{manifest.run_dir} has no checkpoint.pt: prune its parent again instead")
-    architecture = torch.load(checkpoint, map_location="cpu", weights_only=True).get("architecture")
+    saved = load_torch_file(checkpoint, hint="restore it, or prune its parent again (edgetl prune PARENT -o RUN "
+                                             "--overwrite)")
+    architecture = saved.get("architecture") if isinstance(saved, dict) else None
+    if not isinstance(architecture, dict):
+        raise RunFolderError(f"{checkpoint} records no pruned architecture (damaged or foreign): restore it, or "
+                             "prune its parent again (edgetl prune PARENT -o RUN --overwrite)")
     apply_architecture(bundle.model, architecture)
     bundle.architecture = architecture
     parent = Path((manifest.parent or {}).get("run", ""))
