@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .errors import MissingBackendError
+from .errors import ConfigError, MissingBackendError
 
 log = logging.getLogger(__name__)
 
@@ -28,6 +28,9 @@ def write_digits_folder(root: str | Path, size: int = 32) -> Path:
     root = Path(root)
     if (root / "train").is_dir() and (root / "val").is_dir():
         return root
+    if root.exists() or root.is_symlink():  # never written over: it is not the demo's folder
+        raise ConfigError(f"{root} exists and is not the demo's digits folder (train/ and val/): move it, or run "
+                          "the demo with another --output")
     digits = load_digits()
     rng = np.random.default_rng(0)
     order = rng.permutation(len(digits.target))

@@ -208,3 +208,17 @@ def test_overwrite_needs_a_real_manifest_not_a_file_named_edgetl_json(image_fold
     refused("finetune", image_folder, *TINY, "-o", keep, "--overwrite", words=("is not an edgetl run folder",))
     assert tree(keep) == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["data", "keep"]
+
+
+def test_demo_never_writes_over_a_folder_that_is_not_its_digits(tmp_path: Path):
+    """`edgetl demo -o runs/demo` writes runs/demo-data/digits: a user's folder there is left alone."""
+    from edgetl.demo import write_digits_folder
+    from edgetl.errors import ConfigError
+
+    mine = tmp_path / "demo-data" / "digits"
+    mine.mkdir(parents=True)
+    (mine / "thesis.txt").write_text("x")
+    with pytest.raises(ConfigError, match="is not the demo's digits folder"):
+        write_digits_folder(mine)
+    assert [p.name for p in mine.iterdir()] == ["thesis.txt"] and (mine / "thesis.txt").read_text() == "x"
+    assert sorted(p.name for p in (tmp_path / "demo-data").iterdir()) == ["digits"]  # no .partial left
