@@ -174,6 +174,49 @@ def test_int8_writes_both_qdq_onnx_and_records_them(jetson_run):
     assert (folder / "sensitivity.json").is_file() and metrics["worst_layers"]
 
 
+def _saturating_qdq():
+    """input -> Q/DQ -> 1x1 Conv (per-channel INT8 weights, float bias) -> Q/DQ: every product of output
+    channel 0 is +127 x 127, so any sum of two of them overflows int16; and that input, quantized."""
+    import numpy as np
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    w_q = rng.choice(np.array([-127, 127], np.int8), size=(8, 64, 1, 1))
+    x_q = (np.sign(w_q[0, :, 0, 0]).astype(np.int8) * 127)[None, :, None, None].repeat(4, 2).repeat(4, 3)
+    scales = {"xs": np.float32(0.02), "ws": np.full(8, 0.01, np.float32), "ys": np.float32(2.0)}
+    init = [numpy_helper.from_array(w_q * scales["ws"][:, None, None, None], "w"),
+            numpy_helper.from_array(np.full(8, 0.5, np.float32), "b"),
+            *(numpy_helper.from_array(v, k) for k, v in scales.items()),
+            numpy_helper.from_array(np.int8(0), "z"), numpy_helper.from_array(np.zeros(8, np.int8), "wz")]
+    q = lambda a, scale, zero, out, **kw: [helper.make_node("QuantizeLinear", [a, scale, zero], [f"{out}_q"], **kw),
+                                           helper.make_node("DequantizeLinear", [f"{out}_q", scale, zero], [out], **kw)]
+    nodes = [*q("input", "xs", "z", "x"), *q("w", "ws", "wz", "wd", axis=0),
+             helper.make_node("Conv", ["x", "wd", "b"], ["c"]), *q("c", "ys", "z", "logits")]
+    graph = helper.make_graph(nodes, "sat", [helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, 64, 4, 4])],
+                              [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [1, 8, 4, 4])], init)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 19)]), x_q, w_q, scales
+
+
+def test_qdq_onnx_is_measured_as_tensorrt_computes_it_on_any_cpu():
+    """A TensorRT int8 build measures its Q/DQ ONNX under ONNX Runtime with the options it records (bench
+    and bundles reuse them); TensorRT sums INT8 products in int32, so must they: with ONNX Runtime's defaults
+    the fused INT8 Conv saturates on x86 CPUs without VNNI (off by 70 of 206 here, 72% top-1 agreement for
+    the learned Lite0), and a build's figures would depend on the CPU it ran on."""
+    import numpy as np
+
+    model, x_q, w_q, s = _saturating_qdq()
+    acc = np.einsum("nchw,kc->nkhw", x_q.astype(np.int64), w_q[:, :, 0, 0].astype(np.int64))  # exact, int32-like
+    y = acc * (s["xs"].astype(np.float64) * s["ws"][None, :, None, None]) + 0.5
+    expected = np.clip(np.round(y / s["ys"]), -128, 127) * s["ys"]
+    toolchain, profile = get_toolchain("tensorrt"), load_target("jetson")
+    runner = toolchain.runner(model, "cpu", toolchain.runner_options(profile, "int8"))
+    try:
+        out = runner.infer(x_q.astype(np.float32) * s["xs"])
+    finally:
+        runner.close()
+    np.testing.assert_allclose(out, expected, atol=1e-4)
+
+
 def test_build_json_has_engine_settings_and_both_trtexec_lines(jetson_run):
     from edgetl._io import sha256
 

@@ -91,18 +91,40 @@ def claim(trial: Any) -> None:
     """Record which process runs ``trial`` (so a later run can tell it was killed)."""
     trial.set_user_attr("host", socket.gethostname())
     trial.set_user_attr("pid", os.getpid())
+    trial.set_user_attr("process_start", process_start(os.getpid()))
 
 
-def _alive(pid: int, started: Any) -> bool:
-    """Whether process ``pid`` still runs the trial started at ``started``: a zombie (killed, not yet reaped)
-    is dead, and a process younger than the trial got its pid by reuse."""
+def process_start(pid: int) -> str | None:
+    """When process ``pid`` started, as an identity a later process given the same pid cannot share: on Linux
+    the kernel's start time in clock ticks since boot (``/proc/PID/stat``; exact, no wall clock involved:
+    psutil's ``create_time`` adds the boot time in whole seconds, up to a second early, and moves with clock
+    adjustments), elsewhere psutil's ``create_time`` to the microsecond. None when there is no such process."""
     import psutil
 
     try:
-        proc = psutil.Process(pid)
-        if proc.status() == psutil.STATUS_ZOMBIE:
+        return "ticks:" + Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        pass
+    try:
+        return f"time:{psutil.Process(pid).create_time():.6f}"
+    except (psutil.Error, ValueError):
+        return None
+
+
+def _alive(pid: int, attrs: dict[str, Any], started: Any) -> bool:
+    """Whether process ``pid`` still runs the trial with user attributes ``attrs``, started at ``started``: a
+    zombie (killed, not yet reaped) is dead, and so is a process with another start (it got the pid by reuse)."""
+    import psutil
+
+    try:
+        if psutil.Process(pid).status() == psutil.STATUS_ZOMBIE:
             return False
-        return started is None or proc.create_time() <= started.timestamp() + 1.0
+    except (psutil.Error, ValueError):
+        return False
+    if attrs.get("process_start"):
+        return process_start(pid) == attrs["process_start"]
+    try:  # claimed by an edgetl that recorded no process start: the trial's own start, to a second
+        return started is None or psutil.Process(pid).create_time() <= started.timestamp() + 1.0
     except (psutil.Error, ValueError):
         return False
 
@@ -116,7 +138,7 @@ def fail_stale_trials(study: Any) -> list[int]:
     for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         attrs = trial.user_attrs
         pid = int(attrs.get("pid", -1))
-        if attrs.get("host") != host or (pid != os.getpid() and _alive(pid, trial.datetime_start)):
+        if attrs.get("host") != host or (pid != os.getpid() and _alive(pid, attrs, trial.datetime_start)):
             continue
         storage = study._storage
         try:

@@ -251,27 +251,33 @@ def test_latency_on_a_target_is_timed_by_its_runtime(tmp_path, split_folder):
     assert row["values"][1] == round(result["latency"][0]["p50_stable_ms"], 3)
 
 
-def test_killed_but_unreaped_or_reused_pid_is_stale():
+def test_killed_but_unreaped_or_reused_pid_is_stale(monkeypatch):
     """A trial whose process was killed but not yet reaped (a zombie: SIGKILL from `timeout`), or whose
-    pid now belongs to a newer process, is stale; a live process older than the trial is not."""
+    pid now belongs to another process, is stale; a live process that claimed its trial is not. A reused pid
+    is told by the process's start, compared exactly: even a process started at once after the trial (a
+    start-time comparison to a second, with psutil's boot time truncated to whole seconds, missed it)."""
     import os
     import subprocess
     import time
 
     from edgetl.tune.storage import claim, fail_stale_trials
 
+    def claim_as(trial, pid):  # claim() as process pid would (it records its own)
+        with monkeypatch.context() as patch:
+            patch.setattr(os, "getpid", lambda: pid)
+            claim(trial)
+
     study = optuna.create_study()
-    zombie, younger = subprocess.Popen(["true"]), None
-    time.sleep(0.5)  # exited, not waited for: a zombie
+    zombie, gone, younger = subprocess.Popen(["true"]), subprocess.Popen(["true"]), None
+    time.sleep(0.5)  # both exited, not waited for: zombies
     try:
         trials = [study.ask() for _ in range(3)]
-        for trial in trials:
-            claim(trial)
-        trials[0].set_user_attr("pid", zombie.pid)
-        time.sleep(1.5)  # process start times are compared with a second's tolerance
-        younger = subprocess.Popen(["sleep", "30"])  # started after the trial: its pid cannot be the trial's
-        trials[1].set_user_attr("pid", younger.pid)
-        trials[2].set_user_attr("pid", os.getppid())  # alive and older than the trial
+        claim_as(trials[0], zombie.pid)
+        claim_as(trials[1], gone.pid)
+        gone.wait()  # reaped: its pid is free
+        younger = subprocess.Popen(["sleep", "30"])
+        trials[1].set_user_attr("pid", younger.pid)  # as if the kernel had given gone's pid to the next process
+        claim_as(trials[2], os.getppid())  # alive, and the process that claimed it
         assert sorted(fail_stale_trials(study)) == [0, 1]
     finally:
         zombie.wait()

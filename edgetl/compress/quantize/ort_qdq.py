@@ -49,7 +49,9 @@ ORT_CPU_DISABLED_OPTIMIZERS = ("WeightBiasQuantization",)
 """Pass as ``disabled_optimizers`` to run an FP16 Q/DQ model on ONNX Runtime CPU (1.32): that transformer
 quantizes the float bias to int32 and computes ``round(bias / (x_scale * w_scale))`` through an fp16 Cast,
 so large quotients saturate at 65504 and lose integer precision above 2048 (logits come out wrong).
-TensorRT does not run it; FP32 Q/DQ models are unaffected."""
+TensorRT does not run it. It matters for FP32 Q/DQ models too: it lets QDQSelectorActionTransformer fuse
+DQ->Conv->Q into an INT8 Conv that saturates 16-bit pair sums on x86 CPUs without VNNI;
+:data:`edgetl.toolchains.tensorrt.QDQ_DISABLED_OPTIMIZERS` turns both off."""
 ORT_TESTED = "1.32"
 """The onnxruntime this backend was written against; ``quantize_static(calibration_cache_path=)`` arrived
 in 2026 (microsoft/onnxruntime#28221), older versions are refused with this as the version to install."""
