@@ -9,7 +9,7 @@ __version__ = "0.1.0"
 
 _LAZY = {
     "finetune": "edgetl.finetune:finetune",
-    "resume": "edgetl.finetune:resume",
+    "resume": "edgetl.stages:resume",
     "FinetuneConfig": "edgetl.finetune:FinetuneConfig",
     "export_onnx": "edgetl.export:export_onnx",
     "ExportConfig": "edgetl.export:ExportConfig",

@@ -61,7 +61,3 @@ def stdout_to_stderr(logger_name: str = "nncf") -> Iterator[None]:
     finally:
         for handler, stream in moved:
             handler.setStream(stream)
-
-
-def interactive() -> bool:
-    return sys.stderr.isatty()

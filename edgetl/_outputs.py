@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import ConfigError
+from .run.keys import FINETUNE
 
 _MARKER_CAP = 16 * 2**20
 """Largest marker file (bundle.json, report.json, ...) read to recognise an output."""
@@ -87,7 +88,7 @@ def _check_parent(out: Path, shown: str) -> None:
 def run_data_roots(manifest: Any) -> list[Path]:
     """The dataset folders a run was trained and validated on (its dataset record and finetune options)."""
     record = manifest.data.get("dataset") or {}
-    options = (manifest.stage("finetune") or {}).get("options") or {}
+    options = (manifest.stage(FINETUNE) or {}).get("options") or {}
     roots = [record.get("root"), options.get("data"), options.get("val")]
     return list(dict.fromkeys(Path(r).resolve() for r in roots if isinstance(r, str) and r))
 
@@ -142,10 +143,13 @@ def is_bench_report(path: Path) -> bool:
     return isinstance(data, dict) and data.get("kind") == "edgetl.bench"
 
 
-def is_study_folder(path: Path) -> bool:
-    from .tune.study import CONFIG_NAME
+STUDY_CONFIG = "tune.json"
+"""A study folder's marker: its TuneConfig, saved by :func:`edgetl.tune.tune` (defined here, not in the
+``tune`` package, so that this module imports no stage)."""
 
-    data = _json_file(path / CONFIG_NAME)
+
+def is_study_folder(path: Path) -> bool:
+    data = _json_file(path / STUDY_CONFIG)
     return isinstance(data, dict) and all(k in data for k in ("data", "trials", "storage"))
 
 

@@ -22,13 +22,14 @@ from ._io import staging_dir, write_json
 from .errors import AccuracyBudgetError, ConfigError, RunFolderError
 from .export import CHECKPOINT, ONNX_FILE
 from .run.integrity import require_current
+from .run.keys import ONNX, StageKey, Status
 from .run.manifest import Manifest, library_versions
 from .run.stage import stage, verify_inputs
 from .profiles import TargetProfile, load_target
-from .toolchains import SavedArtifact, Toolchain, get_toolchain
+from .toolchains import TOOLCHAINS, SavedArtifact, Toolchain, get_toolchain
 
 log = logging.getLogger(__name__)
-BUDGET_MISSED = "budget-missed"
+BUDGET_MISSED = Status.BUDGET_MISSED  # the old name
 
 
 @dataclass
@@ -87,7 +88,8 @@ class TargetBuildResult:
 
 
 def stage_name(target: str, precision: str) -> str:
-    return f"{target}:{precision}"
+    """The manifest name of a target build (``intel-cpu:int8``)."""
+    return str(StageKey.build(target, precision))
 
 
 def check_build_config(config: TargetBuildConfig) -> tuple[TargetProfile, str, Toolchain]:
@@ -97,7 +99,7 @@ def check_build_config(config: TargetBuildConfig) -> tuple[TargetProfile, str, T
     profile = load_target(config.target)
     precision = profile.check_precision(config.precision)
     toolchain = get_toolchain(profile.toolchain)
-    toolchain.check_config(profile, precision, config)
+    toolchain.check_config(profile, precision, config, [get_toolchain(name) for name in TOOLCHAINS])
     if precision == "int8":
         from .compress.quantize import get_backend
 
@@ -120,8 +122,8 @@ def build_target(run_dir: str | Path, config: TargetBuildConfig | None = None, *
     config = config or TargetBuildConfig()
     profile, precision, toolchain = check_build_config(config)
     manifest = Manifest.load(run_dir)
-    manifest.require("onnx", f"run `edgetl export {run_dir}` first")
-    require_current(manifest, "onnx")
+    manifest.require(ONNX, f"run `edgetl export {run_dir}` first")
+    require_current(manifest, ONNX)
     inputs = verify_inputs(manifest, [ONNX_FILE, CHECKPOINT], verify=verify)
     return _build(manifest.run_dir, manifest, profile, precision, config, inputs, toolchain)
 
@@ -161,7 +163,7 @@ def _build(run_dir: Path, manifest: Manifest, profile: TargetProfile, precision:
                 st.artifact(final / report)
         st.metrics.update(metrics)
         missed = config.max_drop is not None and metrics["drop_points"] > config.max_drop
-        st.status = BUDGET_MISSED if missed else "complete"
+        st.status = Status.BUDGET_MISSED if missed else Status.COMPLETE
     if missed:
         raise AccuracyBudgetError(
             f"{name}: top-1 drop {metrics['drop_points']:.2f} points exceeds --max-drop {config.max_drop} "
@@ -171,7 +173,7 @@ def _build(run_dir: Path, manifest: Manifest, profile: TargetProfile, precision:
     log.info("wrote %s: top-1 %.2f%% (drop %.2f points), runs in %s, p50 %.2f ms", final / saved[0].name,
              100 * metrics["top1"], metrics["drop_points"], metrics["executed_precision"],
              metrics["latency_p50_ms"] or float("nan"))
-    return TargetBuildResult(name, final / saved[0].name, "complete", metrics)
+    return TargetBuildResult(name, final / saved[0].name, str(Status.COMPLETE), metrics)
 
 
 @dataclass
@@ -238,35 +240,25 @@ class _Build:
 
 def runner_top1(runner: Any, images: Any, labels: np.ndarray, decode_batch: int = 32) -> float:
     """Top-1 at batch 1 (the shape an edge app runs; also what gets timed) on an NCHW array or
-    :class:`~edgetl.data.EvalImages` (decoded ``decode_batch`` images at a time)."""
-    from .data import image_batches
+    :class:`~edgetl.data.EvalImages` (decoded ``decode_batch`` images at a time): :func:`edgetl.evaluate.top1`."""
+    from .evaluate import top1
 
-    preds = [int(runner.infer(batch[i:i + 1]).argmax(1)[0])
-             for batch in image_batches(images, decode_batch) for i in range(len(batch))]
-    return float(np.mean(np.array(preds) == labels))
+    return top1(runner, images, labels, batch_size=1, decode_batch=decode_batch)
 
 
 def checkpoint_top1(run_dir: Path, images: Any, labels: np.ndarray, batch_size: int = 32) -> float:
     """Top-1 of the run's float checkpoint on an NCHW array or :class:`~edgetl.data.EvalImages`."""
     from .backends.torch_eager import TorchRunner
-    from .data import image_batches
+    from .evaluate import top1
 
     runner = TorchRunner(run_dir / "checkpoint.pt")
     if not runner.artifact.is_file():
         raise RunFolderError(f"{run_dir} has no checkpoint.pt: the float model is the reference for the drop")
-    logits = np.concatenate([runner.infer(batch) for batch in image_batches(images, batch_size)])
-    return float(np.mean(logits.argmax(1) == labels))
+    return top1(runner, images, labels, batch_size=batch_size)
 
 
 def _latency_p50(runner: Any, batch: np.ndarray, runs: int, warmup: int = 10) -> float | None:
-    """Median wall time of ``runs`` synchronous inferences of ``batch``, in ms (a quick figure, not bench)."""
-    if not runs:
-        return None
-    for _ in range(warmup):
-        runner.infer(batch)
-    times = []
-    for _ in range(runs):
-        start = time.perf_counter()
-        runner.infer(batch)
-        times.append(time.perf_counter() - start)
-    return round(1000 * float(np.median(times)), 3)
+    """Build's quick latency figure: :func:`edgetl.evaluate.latency_p50_ms`."""
+    from .evaluate import latency_p50_ms
+
+    return latency_p50_ms(runner, batch, runs, warmup)

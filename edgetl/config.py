@@ -233,16 +233,6 @@ def load_config_file(path: str | Path) -> dict[str, Any]:
     return {str(k).replace("-", "_"): v for k, v in data.items()}
 
 
-def write_config_file(path: str | Path, config: Any) -> Path:
-    """The resolved config as YAML (``--config`` reads it back)."""
-    import yaml
-
-    from ._io import write_text
-
-    data = {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(config).items()}
-    return write_text(path, yaml.safe_dump(data, sort_keys=False))
-
-
 # -- click options from fields ------------------------------------------------------------------------------
 @dataclasses.dataclass(frozen=True)
 class Opt:
@@ -286,6 +276,9 @@ def _generated(name: str, field: dataclasses.Field, annotation: Any, doc: str, o
     default = field.default if field.default is not dataclasses.MISSING else (
         field.default_factory() if field.default_factory is not dataclasses.MISSING else None)
     help_text = opt.help or doc or ""
+    if base is bool and default is None and not opt.decls:  # tri-state: on, off, or the tool decides
+        decls = (f"{flag}/--no-{name.replace('_', '-')}",)
+        return click.option(*decls, name, default=None, help=help_text, hidden=opt.hidden)
     if _is_flag(base, opt):  # a flag turns the field away from its default
         decls = opt.decls or (f"--no-{name.replace('_', '-')}" if default else flag,)
         if default and not opt.help and help_text:
@@ -302,8 +295,9 @@ def _generated(name: str, field: dataclasses.Field, annotation: Any, doc: str, o
     return click.option(*decls, name, **kwargs)
 
 
-def _is_flag(base: Any, opt: Opt) -> bool:
-    return base is bool and not (opt.decls and "/" in opt.decls[0])
+def _is_flag(base: Any, opt: Opt, default: Any = False) -> bool:
+    """A one-way flag (``--x`` or ``--no-x``): a bool field with a bool default and no ``--a/--b`` pair."""
+    return base is bool and default is not None and not (opt.decls and "/" in opt.decls[0])
 
 
 def options_from(*classes: type, skip: tuple[str, ...] = (), custom: dict[str, Opt] | None = None):
@@ -355,7 +349,7 @@ def _field_value(name: str, raw: Any, spec: tuple, opt: Opt, given: bool, from_f
     base, _ = _base_type(annotation)
     if not given and name in from_file:
         return from_file[name]
-    if _is_flag(base, opt):
+    if _is_flag(base, opt, field.default):
         return (not field.default) if given and raw else field.default
     if opt.multiple:
         raw = tuple(raw) or None

@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import ConfigError, DatasetError
+from .run.keys import FINETUNE
 from .run.manifest import MANIFEST_NAME
 
 log = logging.getLogger(__name__)
@@ -297,7 +298,7 @@ def run_eval_samples(manifest, data: str | Path | None = None, split: str = "val
 
 def _legacy_eval_samples(manifest, split: str) -> list[tuple[Path, int]]:
     """Runs of edgetl 0.1 (manifest schema 1) froze no split: recompute it as 0.1 did."""
-    stage = manifest.stage("finetune")
+    stage = manifest.stage(FINETUNE)
     if not stage:
         raise DatasetError(f"{manifest.run_dir} records no dataset: pass --data FOLDER")
     opts = stage["options"]
@@ -311,7 +312,8 @@ def _legacy_eval_samples(manifest, split: str) -> list[tuple[Path, int]]:
     return splits.val if split == "val" else splits.train
 
 
-def _read_preprocessed(path: Path, spec) -> np.ndarray:
+def read_preprocessed(path: Path, spec) -> np.ndarray:
+    """One image file as ``spec`` preprocesses it (float32 CHW); an unreadable file is a one-line DatasetError."""
     return spec.normalize(_read_crop(path, spec)[None])[0]
 
 
@@ -422,7 +424,7 @@ class EvalImages:
         if isinstance(key, slice):
             chosen = self.samples[key]
             return load_array(chosen, self.spec)[0] if chosen else np.empty((0, *self.shape[1:]), np.float32)
-        return _read_preprocessed(self.samples[key][0], self.spec)
+        return read_preprocessed(self.samples[key][0], self.spec)
 
     def __iter__(self) -> Iterator[np.ndarray]:
         for images, _ in self.batches():

@@ -16,13 +16,14 @@ import numpy as np
 
 from ._io import atomic_path
 from .errors import ConfigError, ParityError
+from .run.keys import FINETUNE, ONNX, Precision
 from .run.manifest import Manifest
 from .run.stage import stage, verify_inputs
 
 log = logging.getLogger(__name__)
-STAGE = "onnx"
+STAGE = ONNX
 CHECKPOINT = "checkpoint.pt"
-ONNX_FILE = "onnx/model.onnx"
+ONNX_FILE = f"{ONNX}/model.onnx"
 INPUT_NAME, OUTPUT_NAME = "input", "logits"
 
 
@@ -78,7 +79,7 @@ def export_onnx(run_dir: str | Path, config: ExportConfig | None = None, *, veri
     config = config or ExportConfig()
     manifest = Manifest.load(run_dir)
     run_dir = manifest.run_dir
-    manifest.require("finetune", "finish (or --resume) fine-tuning before exporting")
+    manifest.require(FINETUNE, "finish (or --resume) fine-tuning before exporting")
     inputs = verify_inputs(manifest, [CHECKPOINT], verify=verify)
     model, _ = load_run_model(run_dir)
     spec = PreprocessSpec.from_dict(manifest.preprocessing)
@@ -87,7 +88,7 @@ def export_onnx(run_dir: str | Path, config: ExportConfig | None = None, *, veri
         samples = sorted(balanced_sample(samples, config.parity_images))
     images = EvalImages(samples, spec)  # decoded a batch at a time by check_parity
     labels = images.labels
-    target = run_dir / "onnx" / "model.onnx"
+    target = run_dir / ONNX_FILE
     with stage(manifest, STAGE, asdict(config), inputs) as st:
         start = time.perf_counter()
         with atomic_path(target, suffix=".onnx") as tmp:
@@ -99,7 +100,7 @@ def export_onnx(run_dir: str | Path, config: ExportConfig | None = None, *, veri
                                    batch_size=16 if config.dynamic_batch else 1)
             metrics.update(export_s=round(export_s, 2), parity_labels_top1=float(
                 (metrics.pop("_onnx_logits").argmax(1) == labels).mean()))
-        st.artifact(target, runtime="onnxruntime", precision="fp32", format="onnx")
+        st.artifact(target, runtime="onnxruntime", precision=Precision.FP32, format="onnx")
         st.metrics.update(metrics)
     log.info("wrote %s: max |ONNX - PyTorch| %.2e over %d images, top-1 agreement %.1f%%", target,
              metrics["max_abs_diff"], metrics["parity_images"], 100 * metrics["top1_agreement"])
@@ -197,3 +198,20 @@ class _ParityStats:
         self.flips += int(flips.sum())
         self.tie_flips += int((flips & ties).sum())
         self.logits.append(out)
+
+
+def needs_export(run_dir: str | Path, config: ExportConfig, changed: set[str]) -> str | None:
+    """Why a target build must (re-)export the ONNX first (no export yet, a stale one, or ONNX options in
+    ``changed`` that differ from the recorded ones), or None when the existing export serves."""
+    manifest = Manifest.load(run_dir)
+    if not manifest.completed(ONNX):
+        return f"{manifest.run_dir} has no ONNX export yet: exporting it"
+    from .run.integrity import stale_reason
+
+    if stale := stale_reason(manifest, ONNX):
+        return f"{manifest.run_dir / ONNX_FILE} is stale ({stale}): exporting it again"
+    recorded = manifest.stage(ONNX)["options"]
+    differ = sorted(k for k, v in asdict(config).items() if k in changed and k != "data" and recorded.get(k) != v)
+    if differ:
+        return f"exporting the ONNX again: {', '.join(differ)} differ from the existing export"
+    return None

@@ -9,25 +9,27 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
+from enum import Enum
 from pathlib import Path
 from typing import Any, Literal
-
 
 from ._allocator import steady_allocator
 from ._io import sha256
 from .data import DatasetSplits, load_splits
 from .errors import ConfigError, DatasetError, RunFolderError
 from .models import ModelBundle, build_model
+from .run.keys import FINETUNE, StageKind, Status
 from .run.lock import StageLock
 from .run.manifest import Manifest
 from .run.split import SPLIT_NAME, write_split
 from .train import distributed
 from .train.cache import SharedCache
+from .train.callbacks import LAST, PromoteStaging
+from .train.settings import RESUMABLE, TrainSettings, default_lr, recorded_settings, resumed_options  # noqa: F401
+from .train.stage import BUSY, check_resumable, resume_training, train_stage
 from .train.strategies import STRATEGIES, layer_groups  # noqa: F401  (layer_groups: public helper)
-from .train.trainer import RESUMABLE, STAGE, FinetuneResult, Trainer
-
-_Trainer = Trainer  # the name tests and older callers use
+from .train.trainer import FinetuneResult, Trainer  # noqa: F401  (FinetuneResult: public)
 
 log = logging.getLogger(__name__)
 
@@ -136,10 +138,15 @@ class FinetuneConfig:
 
     @property
     def head_lr(self) -> float:
-        return self.lr if self.lr is not None else (3e-3 if self.strategy == "linear-probe" else 1e-3)
+        return self.lr if self.lr is not None else default_lr(self.strategy)
 
     def to_dict(self) -> dict[str, Any]:
+        """What the run's finetune stage records as its options (and a worker process rebuilds it from)."""
         return asdict(self)
+
+    def train_settings(self) -> TrainSettings:
+        """What the training loop needs of this config."""
+        return recorded_settings(self.to_dict())
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], source: str = "recorded fine-tuning options") -> FinetuneConfig:
@@ -171,7 +178,9 @@ def finetune(config: FinetuneConfig, *, overwrite: bool = False, progress: bool 
     config.output = str(run_dir)
     if config.nproc > 1 and not distributed.in_worker():
         distributed.check_launch(config.nproc, sync_bn=config.sync_bn)
-        return _launch(run_dir, config.nproc, "finetune", config.to_dict(), overwrite, progress, callbacks)
+        job = WorkerJob(JobKind.NEW, str(run_dir), progress, options=config.to_dict(), overwrite=overwrite,
+                        callbacks=tuple(callbacks or ()))
+        return _launch(run_dir, config.nproc, job)
     with distributed.process_group() as dist:
         if dist.active:  # under torchrun: the job's size, whatever --nproc said
             config.nproc = dist.world
@@ -188,7 +197,8 @@ def _train_new(config: FinetuneConfig, run_dir: Path, dist: distributed.Dist, *,
     from .run.newrun import RunStaging
 
     steady_allocator()  # activations are allocated and freed every step: keep them out of mmap/munmap
-    _set_threads(config.threads)
+    settings = config.train_settings()
+    distributed.set_threads(settings.threads)
     torch.manual_seed(config.seed)
     splits = dist.broadcast(_load_splits(config, cache) if dist.is_main else None)
     if dist.is_main:
@@ -198,143 +208,119 @@ def _train_new(config: FinetuneConfig, run_dir: Path, dist: distributed.Dist, *,
     if dist.active:  # same initial weights on every rank, then each its own augmentation and dropout draws
         torch.manual_seed(config.seed + dist.rank)
     if not dist.is_main:
-        return Trainer(config, bundle, splits, None, progress=False, callbacks=callbacks).run(fresh=True)
+        return Trainer(settings, bundle, splits, callbacks=callbacks or ()).run(fresh=True)
     staging = RunStaging(run_dir)
     try:
-        with StageLock(staging.path, STAGE):
-            manifest = Manifest.create(staging.path, model=_model_record(bundle, config), classes=splits.classes,
+        with StageLock(staging.path, FINETUNE) as lock:
+            manifest = Manifest.create(staging.path, model=_model_record(bundle), classes=splits.classes,
                                        preprocessing=bundle.preprocess.to_dict())
             split_file = write_split(staging.path, splits.classes, splits.train, splits.val, splits.val_source)
             manifest.set("dataset", {**_dataset_record(splits, config), "split": SPLIT_NAME,
                                      "split_sha256": sha256(split_file)})
-            trainer = Trainer(config, bundle, splits, manifest, progress=progress, staging=staging,
-                              callbacks=callbacks, cache=cache)
-            return trainer.run(fresh=True)
+            trainer = Trainer(settings, bundle, splits, staging.path, progress=progress, cache=cache,
+                              callbacks=[PromoteStaging(staging, manifest), *(callbacks or ())])
+            return train_stage(trainer, manifest, config.to_dict(), lock=lock, staging=staging)
     finally:
         staging.discard()  # a run that never finished an epoch leaves nothing (and the old run intact)
 
 
-def _launch(run_dir: Path, nproc: int, kind: str, *args: Any) -> FinetuneResult:
-    """Run :func:`_worker` in ``nproc`` processes; on a failure, leave the run resumable and say so."""
+# -- several processes ------------------------------------------------------------------------
+
+class JobKind(str, Enum):
+    NEW = "new"
+    RESUME = "resume"
+
+
+@dataclass(frozen=True)
+class WorkerJob:
+    """What every process of a multi-process run does (picklable: each spawned worker gets a copy)."""
+
+    kind: JobKind
+    run_dir: str
+    progress: bool = True
+    options: dict[str, Any] | None = None
+    """A new run: its :meth:`FinetuneConfig.to_dict`."""
+    overwrite: bool = False
+    callbacks: tuple[Any, ...] = ()
+    changes: dict[str, Any] | None = None
+    """A resume: the options it changes."""
+
+    def run(self) -> FinetuneResult:
+        if self.kind is JobKind.NEW:
+            return finetune(FinetuneConfig.from_dict(self.options or {}, "a worker's fine-tuning options"),
+                            overwrite=self.overwrite, progress=self.progress, callbacks=list(self.callbacks))
+        return resume(self.run_dir, progress=self.progress, changes=self.changes)
+
+
+def _launch(run_dir: Path, nproc: int, job: WorkerJob) -> FinetuneResult:
+    """Run ``job`` in ``nproc`` processes; on a failure, leave the run resumable and say so."""
     from .run.lock import stage_busy
     from .run.manifest import is_run_folder
     from .run.newrun import _remove_abandoned
 
     try:
-        return distributed.launch(nproc, _worker, kind, *args)
+        return distributed.launch(nproc, _worker, job)
     except distributed.WorkerFailedError as exc:
         _remove_abandoned(run_dir)  # a staged run that never finished its first epoch
-        if is_run_folder(run_dir) and not stage_busy(run_dir, STAGE):
+        if is_run_folder(run_dir) and not stage_busy(run_dir, FINETUNE):
             manifest = Manifest.load(run_dir)
-            if (manifest.stage(STAGE) or {}).get("status") in ("running", "failed"):
-                manifest.fail(STAGE, str(exc))  # the root cause, not rank 0's lost connection to a killed peer
-            if (run_dir / "checkpoints" / "last.pt").is_file():
+            if (manifest.stage(FINETUNE) or {}).get("status") in (Status.RUNNING, Status.FAILED):
+                manifest.fail(FINETUNE, str(exc))  # the root cause, not rank 0's lost connection to a killed peer
+            if (run_dir / LAST).is_file():
                 raise distributed.WorkerFailedError(f"{exc}; resume with: edgetl finetune --resume {run_dir}") from None
         raise
 
 
-def _worker(kind: str, *args: Any) -> FinetuneResult:
+def _worker(job: WorkerJob) -> FinetuneResult:
     """One process of a multi-process run (started by :func:`distributed.launch`)."""
-    import os
-
     from ._console import setup_logging
 
     setup_logging()
-    if os.environ.get("RANK", "0") != "0":
+    if not distributed.is_main():
         logging.getLogger("edgetl").setLevel(logging.WARNING)  # rank 0 reports
-    if kind == "finetune":
-        config, overwrite, progress, callbacks = args
-        return finetune(FinetuneConfig.from_dict(config), overwrite=overwrite, progress=progress, callbacks=callbacks)
-    run_dir, progress, changes = args
-    return resume(run_dir, progress=progress, changes=changes)
+    return job.run()
 
+
+# -- resume -------------------------------------------------------------------------------------
 
 def resume(run_dir: str | Path, *, progress: bool = True, epochs: int | None = None,
            changes: dict[str, Any] | None = None) -> FinetuneResult:
-    """Continue a run from ``checkpoints/last.pt`` with its recorded options, data order and RNG states.
+    """Continue a fine-tuning run from ``checkpoints/last.pt`` with its recorded options, data order and RNG
+    states (a run that another stage made resumes through ``edgetl.resume(RUN)``).
 
     ``epochs`` (or ``changes["epochs"]``) extends a run; other ``changes`` may only touch :data:`RESUMABLE`
     options or repeat the recorded value. The run must not be training in another process.
     """
     manifest = Manifest.load(run_dir)
-    stage = manifest.stage(STAGE)
-    if stage is None:
+    _check_lineage(manifest)
+    record = manifest.stage(FINETUNE)
+    if record is None:
         raise RunFolderError(f"{run_dir} has no finetune stage to resume")
     changes = {**(changes or {}), **({"epochs": epochs} if epochs is not None else {})}
-    config = _resumed_config(stage["options"], changes, run_dir)
+    config = _resumed_config(record["options"], changes, run_dir)
     if config.nproc > 1 and not distributed.in_worker():
         distributed.check_launch(config.nproc, sync_bn=config.sync_bn)
-        with StageLock(run_dir, STAGE).acquire("it is still training; wait for it or stop it first"):
-            _check_resumable(run_dir, stage, changes)  # refused here, before any worker starts
-        return _launch(Path(run_dir), config.nproc, "resume", str(run_dir), progress, changes)
+        with StageLock(run_dir, FINETUNE).acquire(BUSY):
+            check_resumable(run_dir, record, changes)  # refused here, before any worker starts
+        return _launch(Path(run_dir), config.nproc, WorkerJob(JobKind.RESUME, str(run_dir), progress, changes=changes))
     with distributed.process_group() as dist:
-        lock = (StageLock(run_dir, STAGE).acquire("it is still training; wait for it or stop it first")
-                if dist.is_main else contextlib.nullcontext())
-        with lock:
-            _check_resumable(run_dir, stage, changes)
-            return _resume_here(manifest, config, changes, progress, dist)
+        lock = StageLock(run_dir, FINETUNE).acquire(BUSY) if dist.is_main else None
+        with lock or contextlib.nullcontext():
+            check_resumable(run_dir, record, changes)
+            return resume_training(manifest, config.to_dict(), changes, progress=progress, lock=lock)
 
 
-def _check_resumable(run_dir: str | Path, stage: dict[str, Any], changes: dict[str, Any]) -> None:
-    if stage.get("status") == "complete" and "epochs" not in changes:
-        raise RunFolderError(f"{run_dir} already finished fine-tuning; pass --epochs N to train it further")
-    if not (Path(run_dir) / "checkpoints" / "last.pt").is_file():
-        raise RunFolderError(f"{run_dir} has no checkpoints/last.pt (it stopped before the first epoch ended): "
-                             "start it again with --overwrite")
-
-
-def _resume_here(manifest: Manifest, config: FinetuneConfig, changes: dict[str, Any], progress: bool,
-                 dist: distributed.Dist) -> FinetuneResult:
-    """Continue the run in this process (every rank reads the run folder; rank 0 alone writes)."""
-    import torch
-
-    run_dir = manifest.run_dir
-    steady_allocator()
-    _set_threads(config.threads)
-    torch.manual_seed(config.seed)
-    splits = _resumed_splits(manifest, config)
-    bundle = build_model(manifest.model["name"], len(splits.classes), pretrained=False, image_size=config.image_size)
-    loss = None
-    if manifest.stage("prune") is not None:  # a pruned run recovers by distillation from its parent
-        from .compress.prune.recovery import resume_recovery
-
-        loss = resume_recovery(manifest, bundle, config)
-    trainer = Trainer(config, bundle, splits, manifest if dist.is_main else None, progress=progress, loss=loss)
-    trainer._restore()
-    if "epochs" in changes and config.epochs <= trainer.epoch:
-        raise ConfigError(f"{run_dir} has trained {trainer.epoch} epoch(s) already: --epochs must be more than "
-                          f"{trainer.epoch} to train it further")
-    result = trainer.run(fresh=False)
-    if loss is not None and dist.is_main:
-        from .prune import update_report
-
-        update_report(manifest, result)
-    return result
+def _check_lineage(manifest: Manifest) -> None:
+    """Refuse a run another stage made (it has its own resume); a search trial is a fine-tuning run."""
+    made_by = (manifest.parent or {}).get("stage")
+    if made_by not in (None, StageKind.FINETUNE, StageKind.TUNE):
+        raise RunFolderError(f"{manifest.run_dir} was made by `edgetl {made_by}`, not by fine-tuning: resume it with "
+                             f"edgetl.resume({str(manifest.run_dir)!r}) (edgetl finetune --resume {manifest.run_dir})")
 
 
 def _resumed_config(recorded: dict[str, Any], changes: dict[str, Any], run_dir: str | Path) -> FinetuneConfig:
-    config = FinetuneConfig.from_dict(recorded)
-    config.output = str(run_dir)
-    for name, value in changes.items():
-        if name not in {f.name for f in fields(FinetuneConfig)}:
-            raise ConfigError(f"unknown fine-tuning option {name!r}")
-        if name in RESUMABLE:
-            setattr(config, name, value)
-        elif _same(getattr(config, name), value, name):
-            continue
-        else:
-            flag = "--" + name.replace("_", "-")
-            raise ConfigError(f"{flag} cannot change when resuming ({run_dir} was trained with {name}="
-                              f"{getattr(config, name)!r}); only {', '.join('--' + r.replace('_', '-') for r in RESUMABLE)} "
-                              "can: start a new run with -o for other settings")
-    config.__post_init__()
-    return config
-
-
-def _same(recorded: Any, given: Any, name: str) -> bool:
-    if name in ("data", "val") and recorded and given:
-        return Path(recorded).resolve() == Path(given).resolve()
-    return recorded == given
+    options = resumed_options(FinetuneConfig.from_dict(recorded).to_dict(), changes, run_dir)
+    return FinetuneConfig.from_dict({**options, "output": str(run_dir)})
 
 
 def _load_splits(config: FinetuneConfig, cache: SharedCache | None) -> DatasetSplits:
@@ -346,28 +332,6 @@ def _load_splits(config: FinetuneConfig, cache: SharedCache | None) -> DatasetSp
     return cache.splits(key, load) if cache is not None else load()
 
 
-def _resumed_splits(manifest: Manifest, config: FinetuneConfig) -> DatasetSplits:
-    """The run's frozen split (runs made before it was frozen: recomputed as they were)."""
-    from .data import run_eval_samples
-
-    if (manifest.data.get("dataset") or {}).get("split") == SPLIT_NAME:
-        train, val = run_eval_samples(manifest, split="train"), run_eval_samples(manifest, split="val")
-        return DatasetSplits(manifest.classes, train, val, manifest.data["dataset"].get("val_source", ""), [])
-    splits = load_splits(config.data, val=config.val, val_fraction=config.val_fraction, seed=config.seed,
-                         strict=config.strict, shared_rng=True)
-    if splits.classes != manifest.classes:
-        raise RunFolderError(f"the dataset's classes {splits.classes} are not the run's {manifest.classes}")
-    return splits
-
-
-# -- helpers --------------------------------------------------------------------------------
-
-def _set_threads(threads: int | None) -> None:
-    import torch
-
-    torch.set_num_threads(threads or distributed.default_threads())  # cores // processes on this machine
-
-
 def _log_splits(splits: DatasetSplits) -> None:
     for scan in splits.scans:
         log.info(scan.summary())
@@ -377,7 +341,7 @@ def _log_splits(splits: DatasetSplits) -> None:
              ", ".join(splits.classes))
 
 
-def _model_record(bundle: ModelBundle, config: FinetuneConfig) -> dict[str, Any]:
+def _model_record(bundle: ModelBundle) -> dict[str, Any]:
     return {**bundle.describe(), "input_size": bundle.preprocess.input_size}
 
 

@@ -25,8 +25,10 @@ from typing import Any
 
 from . import __version__
 from ._io import atomic_path, sha256, staging_dir, utc_now, write_json
-from .errors import RunFolderError, TargetError
+from .errors import RunFolderError
+from .run.builds import built, choose_build
 from .run.integrity import verified_file
+from .run.keys import BENCH, StageKey, Status
 from .run.manifest import Manifest
 from .runtime import SCHEMA_VERSION
 from .runtime.bundle import BUNDLE_FILE, LABELS_FILE
@@ -69,9 +71,9 @@ def package(run: str | Path, config: PackageConfig | None = None, *, overwrite: 
     config = config or PackageConfig()
     manifest = Manifest.load(run)
     precision = _precision(manifest, config)
-    stage_name = f"{config.target}:{precision}"
+    stage_name = StageKey.build(config.target, precision)
     files = _stage_files(manifest, stage_name, config.verify)
-    engine_stage = f"{stage_name}:engine"
+    engine_stage = StageKey.engine(config.target, precision)
     if manifest.completed(engine_stage):
         files.update(_stage_files(manifest, engine_stage, config.verify))
     name = f"bundle-{config.target}-{precision}"
@@ -99,28 +101,12 @@ def _plain_member(info: tarfile.TarInfo) -> tarfile.TarInfo:
 
 
 def _precision(manifest: Manifest, config: PackageConfig) -> str:
-    """The precision to package: as asked, else the only one built for the target, else its default."""
-    built = sorted(name.split(":")[1] for name in manifest.stages
-                   if name.count(":") == 1 and name.split(":")[0] == config.target and manifest.completed(name))
-    hint = f"`edgetl export {manifest.run_dir} --target {config.target}"
-    if config.precision:
-        if config.precision not in built:
-            raise TargetError(f"{manifest.run_dir} has no {config.target} {config.precision} build (built: "
-                              f"{', '.join(built) or 'none'}): run {hint} --precision {config.precision}` first")
-        return config.precision
-    if not built:
-        raise TargetError(f"{manifest.run_dir} has no {config.target} build: run {hint}` first")
-    if len(built) == 1:
-        return built[0]
-    from .profiles import load_target
-
-    default = load_target(config.target).default_precision
-    if default in built:
-        return default
-    raise TargetError(f"{manifest.run_dir} has {config.target} builds in {', '.join(built)}: choose one with --precision")
+    """The precision to package (:func:`edgetl.run.builds.choose_build`; complete builds only)."""
+    complete = built(manifest, target=config.target, accept=lambda status: status == Status.COMPLETE)
+    return choose_build(manifest, config.target, config.precision, complete).precision or ""
 
 
-def _stage_files(manifest: Manifest, stage_name: str, verify: bool) -> dict[str, dict[str, Any]]:
+def _stage_files(manifest: Manifest, stage_name: StageKey, verify: bool) -> dict[str, dict[str, Any]]:
     """``{run-relative path: record}`` of a stage's deployable files, each checked against its sha256."""
     records = manifest.stage(stage_name)["artifacts"]
     out = {}
@@ -216,7 +202,7 @@ def _io_names(run_dir: Path, model_rel: str, files: dict[str, dict[str, Any]], s
 
 def _last_bench(manifest: Manifest, model_rel: str) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
     """Accuracy and latency of this artifact from the run's last bench, when it measured these very bytes."""
-    stage = manifest.stage("bench")
+    stage = manifest.stage(BENCH)
     current = (manifest.stage(_stage_of(manifest, model_rel)) or {}).get("artifacts", {}).get(model_rel, {})
     if not stage or stage.get("inputs", {}).get(model_rel) != current.get("sha256"):
         return None, None

@@ -11,18 +11,20 @@ from __future__ import annotations
 
 import logging
 import re
-from dataclasses import asdict, dataclass, field
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from .compress.prune.counting import prune_report, standard_macs
+from .compress.prune.counting import prune_report
 from .compress.prune.reconstruct import SCOPES
-from .compress.prune.structured import PruneSettings, kept_modules, layer_ratio_modules, parse_layer_ratios
-from .compress.prune.recovery import distillation
+from .compress.prune.recovery import FeaturePoint, distillation
+from .compress.prune.structured import PruneSettings, kept_modules, parse_layer_ratios  # noqa: F401  (kept_modules: public)
 from .errors import ConfigError, RunFolderError
+from .run.keys import FINETUNE, PRUNE
+from .train.settings import TrainSettings, recorded_settings
 
 log = logging.getLogger(__name__)
-STAGE = "prune"
 IMPORTANCES = PruneSettings.importances
 
 
@@ -143,6 +145,34 @@ class PruneConfig:
         if self.layer_ratio and self.ratio is None:
             raise ConfigError("--layer-ratio sets final per-layer ratios: use it with --ratio, not with a target")
 
+    def to_dict(self) -> dict[str, Any]:
+        """What the pruned run's prune stage records as its options."""
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], source: str = "recorded prune options") -> PruneConfig:
+        """The config from a mapping (a pruned run's recorded options): every key a field, every value its type."""
+        from .config import config_from_dict
+
+        return config_from_dict(cls, data, source)
+
+    def recovery_options(self, trained: Mapping[str, Any]) -> dict[str, Any]:
+        """What the recovery's ``finetune`` stage records as its options: the parent's (``trained``, its
+        recorded finetune options), turned into a full fine-tune at this config's pace, seed and workers."""
+        strength = recorded_settings(trained).augment_strength if self.augment_strength is None else self.augment_strength
+        return {**trained, "strategy": "full", "epochs": self.epochs, "lr": self.lr, "warmup_epochs": 1,
+                "backbone_lr_scale": 1.0, "patience": self.patience or None, "seed": self.seed,
+                "workers": self.workers, "freeze_bn": self.reconstruct, "augment_strength": strength, "ema": self.ema,
+                "batch_size": self.batch_size or trained["batch_size"], "probe_epochs": 0, "cache_features": False}
+
+    def step_settings(self, recovery: TrainSettings) -> TrainSettings | None:
+        """The short in-memory recovery between pruning steps: the final recovery's for ``step_epochs``, with
+        no checkpoints, weight average or early stopping (None: no training between steps)."""
+        if not self.step_epochs:
+            return None
+        return replace(recovery, epochs=self.step_epochs, patience=None, ema=None, start_is_candidate=False,
+                       checkpoints=False, save_every_epoch=False)
+
 
 def parse_macs(text: str) -> float:
     """``0.2G`` / ``150M`` / ``2e8`` -> MACs."""
@@ -180,320 +210,202 @@ def prune(run_dir: str | Path, config: PruneConfig | None = None, *, overwrite: 
     """Prune ``run_dir``'s float model and recover it into a new child run (see the module docstring)."""
     import torch
 
-    from .finetune import _set_threads
     from .run.lock import StageLock
     from .run.newrun import RunStaging, check_output
+    from .train.distributed import set_threads
 
     config = config or PruneConfig()
-    parent = Path(run_dir)
-    job = _Job.load(parent, config)
-    output = Path(config.output) if config.output else parent.resolve().parent / f"{parent.resolve().name}-pruned"
-    child_dir = check_output(output, [Path(job.recovery.data)], overwrite=overwrite)
-    if child_dir == parent.resolve():
+    if config.target_latency is not None:  # the target's runtime must be here: refused before any work
+        from .tune.latency import check_latency_target
+
+        check_latency_target(config.target, None)
+    parent = _Parent.load(Path(run_dir), config)
+    output = Path(config.output) if config.output else parent.run_dir.resolve().parent / f"{parent.run_dir.resolve().name}-pruned"
+    child_dir = check_output(output, [Path(parent.trained["data"])], overwrite=overwrite)
+    if child_dir == parent.run_dir.resolve():
         raise ConfigError("--output is the parent run: a pruned model is written to a new run")
-    _set_threads(job.recovery.threads)
+    set_threads(parent.settings.threads)
     torch.manual_seed(config.seed)
     staging = RunStaging(child_dir)
     try:
-        with StageLock(staging.path, "finetune"):
-            return job.run(staging, progress)
+        with StageLock(staging.path, FINETUNE) as lock:
+            return _prune_into(staging, lock, parent, config, progress)
     finally:
         staging.discard()  # nothing is left behind when pruning or the first recovery epoch fails
 
 
-def _check_parent(run_dir: Path) -> Any:
-    from .run.integrity import require_current
-    from .run.manifest import Manifest, is_run_folder
-    from .run.stage import verify_inputs
-
-    if not is_run_folder(run_dir):
-        raise RunFolderError(f"{run_dir} is not an edgetl run folder (no edgetl.json): prune a fine-tuned run")
-    manifest = Manifest.load(run_dir)
-    if not manifest.completed("finetune") or not (run_dir / "checkpoint.pt").is_file():
-        raise RunFolderError(f"{run_dir} has no finished fine-tuning checkpoint to prune: run `edgetl finetune` first")
-    require_current(manifest, "finetune")
-    return manifest, verify_inputs(manifest, ["checkpoint.pt"])
-
-
 @dataclass
-class _Job:
-    """One pruning job: the parent's model (teacher) and data, the student being pruned, the report."""
+class _Parent:
+    """The run being pruned: its manifest, model (the teacher), data and how it was trained."""
 
-    parent: Any
-    """The parent's :class:`~edgetl.run.manifest.Manifest`."""
+    manifest: Any
     inputs: dict[str, str]
-    config: PruneConfig
-    recovery: Any
-    """The :class:`~edgetl.finetune.FinetuneConfig` recovery trains with (the parent's, full strategy)."""
+    """Its files the pruned run is made from, with their sha256s (``checkpoint.pt``)."""
+    trained: dict[str, Any]
+    """Its recorded finetune options."""
+    recovery: dict[str, Any]
+    """The recovery's finetune options (:meth:`PruneConfig.recovery_options`)."""
+    settings: TrainSettings
+    """The recovery's training."""
     teacher: Any
-    student: Any
     splits: Any
-    example: Any
-    report: dict[str, Any] = field(default_factory=dict)
-    repair: dict[str, Any] = field(default_factory=dict)
-    """How the last pruning step was repaired before training: least squares or BatchNorm statistics."""
-    kept: dict[str, list[int]] = field(default_factory=dict)
-    """Module name -> the parent's index of each output channel the student kept (all steps so far)."""
-    kept_inputs: dict[str, list[int]] = field(default_factory=dict)
-    """The same for input channels: which of the parent's features the student's classifier reads."""
-    feature_layers: tuple[str, ...] = ()
-    """The module names ``config.feature_layers`` matches (resolved once, before any pruning)."""
-    calibration: list[Any] | None = None
+    spec: Any
+
+    @property
+    def run_dir(self) -> Path:
+        return self.manifest.run_dir
 
     @classmethod
-    def load(cls, parent_dir: Path, config: PruneConfig) -> _Job:
+    def load(cls, run_dir: Path, config: PruneConfig) -> _Parent:
+        from .models import load_run_model
+        from .preprocessing import PreprocessSpec
+        from .run.integrity import require_current
+        from .run.manifest import Manifest, is_run_folder
+        from .run.split import load_run_splits
+        from .run.stage import verify_inputs
+
+        if not is_run_folder(run_dir):
+            raise RunFolderError(f"{run_dir} is not an edgetl run folder (no edgetl.json): prune a fine-tuned run")
+        manifest = Manifest.load(run_dir)
+        if not manifest.completed(FINETUNE) or not (run_dir / "checkpoint.pt").is_file():
+            raise RunFolderError(f"{run_dir} has no finished fine-tuning checkpoint to prune: run `edgetl finetune` first")
+        require_current(manifest, FINETUNE)
+        inputs = verify_inputs(manifest, ["checkpoint.pt"])
+        teacher, _ = load_run_model(run_dir)
+        trained = dict(manifest.stage(FINETUNE)["options"])
+        recovery = config.recovery_options(trained)
+        return cls(manifest, inputs, trained, recovery, recorded_settings(recovery, start_is_candidate=True), teacher,
+                   load_run_splits(manifest, trained), PreprocessSpec.from_dict(manifest.preprocessing))
+
+    def bundle(self, model: Any, architecture: dict[str, Any] | None = None) -> Any:
+        """``model`` (the student) as the trainer takes it."""
+        from .models import ModelBundle
+
+        return ModelBundle(model=model, name=self.manifest.model["name"], preprocess=self.spec,
+                           head=list(self.manifest.model["head"]), pretrained=f"pruned:{self.run_dir.name}",
+                           num_classes=len(self.manifest.classes), architecture=architecture)
+
+    def job(self, config: PruneConfig, progress: bool) -> Any:
         import copy
 
         import torch
 
-        from .finetune import FinetuneConfig, _resumed_splits
-        from .models import load_run_model
+        from .compress.prune.job import PruneJob
+        from .data import EvalImages
 
-        manifest, inputs = _check_parent(parent_dir)
-        teacher, _ = load_run_model(parent_dir)
-        recorded = FinetuneConfig.from_dict(manifest.stage("finetune")["options"])
-        strength = recorded.augment_strength if config.augment_strength is None else config.augment_strength
-        recovery = FinetuneConfig.from_dict({
-            **recorded.to_dict(), "strategy": "full", "epochs": config.epochs, "lr": config.lr, "warmup_epochs": 1, "backbone_lr_scale": 1.0,
-            "patience": config.patience or None, "seed": config.seed, "workers": config.workers,
-            "freeze_bn": config.reconstruct, "augment_strength": strength, "ema": config.ema,
-            "batch_size": config.batch_size or recorded.batch_size, "probe_epochs": 0, "cache_features": False})
-        splits = _resumed_splits(manifest, recovery)
-        size = manifest.preprocessing.get("input_size") or manifest.model.get("input_size")
+        size = self.manifest.preprocessing.get("input_size") or self.manifest.model.get("input_size")
         example = torch.zeros(1, 3, *(size if isinstance(size, (list, tuple)) else (size, size)))
-        return cls(manifest, inputs, config, recovery, teacher, copy.deepcopy(teacher), splits, example)
+        val = EvalImages(self.splits.val, self.spec)
+        goal = parse_ms(config.target_latency) if config.target_latency else (
+            parse_macs(config.target_macs) if config.target_macs else None)
+        return PruneJob(config, self.settings, self.teacher, copy.deepcopy(self.teacher), list(self.manifest.model["head"]),
+                        example, self.splits.train, val, self.spec, self._step_recovery(config, progress),
+                        self._latency(config, val[:1]) if config.target_latency else None, goal=goal)
 
-    # -- the job ------------------------------------------------------------------------------
-    def run(self, staging: Any, progress: bool) -> PruneResult:
-        from .compress.prune import architecture_record, count_macs
-        from .models import ModelBundle
-        from .preprocessing import PreprocessSpec
-        from .run import create_child
+    def _latency(self, config: PruneConfig, image: Any) -> Any:
+        """Times a pruning step's student on ``config.target`` (INT8 calibrated on 32 training images: enough
+        for a latency figure, not for the accuracy one)."""
+        from .tune.latency import model_latency_ms
+
+        calibration = self.splits.train[:32]
+
+        def latency(model: Any) -> float:
+            return model_latency_ms(model, self.spec, config.target, calibration, image)
+
+        return latency
+
+    def _step_recovery(self, config: PruneConfig, progress: bool) -> Any:
+        """Between pruning steps: a short in-memory distillation (see :meth:`PruneConfig.step_settings`)."""
         from .train.trainer import Trainer
 
-        cfg, heads = self.config, list(self.parent.model["head"])
-        # resolved before any pruning, so a pattern that matches nothing fails before any work
-        self.feature_layers = kept_modules(self.student, cfg.feature_layers, "--feature-layers")
-        before, parent_top1 = count_macs(self.student, self.example), self._top1(self.teacher)
-        steps = self._prune_steps(heads, before)
-        after, pruned_top1 = count_macs(self.student, self.example), self._top1(self.student)
-        if cfg.ratio is not None:
-            self._repair()
-        repaired_top1 = self._top1(self.student)
-        log.info("pruned: %.1f%% fewer MACs, val top-1 %.2f%% -> %.2f%% (%.2f%% after %s), before recovery",
-                 100 * (1 - standard_macs(after) / standard_macs(before)), 100 * parent_top1, 100 * pruned_top1,
-                 100 * repaired_top1, self.repair.get("method", "repair"))
-        sparsity = self._sparsify(heads) if cfg.sparsity_2_4 else None
-        record = {**self.parent.model, "parameters": after["params"],
-                  "pruned": {"parent": str(self.parent.run_dir.resolve()), "macs": standard_macs(after)}}
-        # the parent's checkpoint is the parent's file: the lineage records it, not this run's stage inputs
-        child = create_child(self.parent.run_dir, staging.path, stage=STAGE, model=record, inputs=self.inputs)
-        child.begin(STAGE, {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(cfg).items()})
-        child.save()
-        bundle = ModelBundle(model=self.student, name=self.parent.model["name"],
-                             preprocess=PreprocessSpec.from_dict(self.parent.preprocessing), head=heads,
-                             pretrained=f"pruned:{self.parent.run_dir.name}", num_classes=len(self.parent.classes),
-                             architecture=architecture_record(self.student))
-        points = self._feature_points()
-        loss = distillation(self.teacher, self.student, asdict(cfg), points, self.recovery.label_smoothing)
-        trainer = Trainer(self.recovery, bundle, self.splits, child, progress=progress, staging=staging, loss=loss,
-                          start_is_candidate=True)
-        try:
-            result = trainer.run(fresh=True)
-        except BaseException as exc:
-            if staging.promoted:
-                from .run.stage import failure_reason
+        settings = config.step_settings(self.settings)
 
-                child.fail(STAGE, failure_reason(exc))
-            raise
-        self.report = prune_report(before, after, (parent_top1, pruned_top1, repaired_top1, result.metrics["top1"]),
-                                   steps, sparsity, trainer.run_dir / "checkpoint.pt", self.parent.run_dir / "checkpoint.pt")
-        self.report.update(repair=self.repair, classifier_inputs_kept=points[0][2], feature_points=points)
-        child.finish(STAGE, self.report)
-        return PruneResult(trainer.run_dir, self.parent.run_dir, self.report)
-
-    def _prune_steps(self, heads: list[str], before: dict[str, Any]) -> list[dict[str, Any]]:
-        """One step at ``ratio``, or steps of ``step_ratio`` with short recoveries until ``target_macs``."""
-        from .compress.prune import PruneSettings, count_macs
-
-        cfg = self.config
-        settings = PruneSettings(ratio=cfg.ratio or cfg.step_ratio, importance=cfg.importance,
-                                 global_pruning=cfg.global_pruning, round_to=cfg.round_to,
-                                 ignored=kept_modules(self.student, cfg.keep),
-                                 layer_ratios=layer_ratio_modules(self.student, parse_layer_ratios(cfg.layer_ratio)))
-        loss_fn = self._taylor_loss() if cfg.importance == "taylor" else None
-        if cfg.ratio is not None:
-            self._step(settings, heads, loss_fn)
-            return [{"step": 1, "ratio": cfg.ratio, "macs": standard_macs(count_macs(self.student, self.example))}]
-        latency = self._latency if cfg.target_latency else None
-        goal = parse_ms(cfg.target_latency) if latency else parse_macs(cfg.target_macs)
-        steps, macs = [], standard_macs(before)
-        value = latency() if latency else macs
-        while value > goal:
-            log.info("step %d: removing %.0f%% of the remaining channels (now %.3fG MACs%s)", len(steps) + 1,
-                     100 * cfg.step_ratio, macs / 1e9, f", {value:.3f} ms" if latency else "")
-            self._step(settings, heads, loss_fn)
-            now = standard_macs(count_macs(self.student, self.example))
-            if now >= macs * 0.995:  # nothing left to remove without taking out whole layers
-                reached = f"{value:.3f} ms on {cfg.target}" if latency else f"{now / 1e9:.3f}G MACs"
-                asked = f"--target-latency {cfg.target_latency}" if latency else f"--target-macs {cfg.target_macs}"
-                raise ConfigError(f"{asked} cannot be reached without removing whole layers: the closest reachable "
-                                  f"is {reached}; ask for that or more")
-            macs = now
-            self._repair()
-            self._recover(cfg.step_epochs)
-            value = latency() if latency else macs
-            steps.append({"step": len(steps) + 1, "macs": macs, "val_top1": self._top1(self.student),
-                          **({"latency_ms": value} if latency else {})})
-            log.info("step %d: %.3fG MACs%s, val top-1 %.2f%%", len(steps), macs / 1e9,
-                     f", {value:.3f} ms on {cfg.target}" if latency else "", 100 * steps[-1]["val_top1"])
-        return steps
-
-    def _step(self, settings: Any, heads: list[str], loss_fn: Any) -> None:
-        """One pruning step; the kept channels are recorded for the least squares."""
-        from .compress.prune import StructuredPruner
-        from .compress.prune.repair import compose_kept, reconstruction_importance
-
-        importance = (reconstruction_importance(self.student, self._calibration())
-                      if settings.importance == "reconstruction" else None)
-        pruner = StructuredPruner(self.student, self.example, settings, heads, importance=importance)
-        pruner.step(loss_fn)
-        self.kept = compose_kept(self.kept, pruner.kept_outputs)
-        self.kept_inputs = compose_kept(self.kept_inputs, pruner.kept_inputs)
-
-    def _calibration(self) -> list[Any]:
-        """The calibration batches (built once): ``calibration_views`` views of every training image."""
-        from .compress.prune.repair import calibration_batches
-        from .preprocessing import PreprocessSpec
-
-        if self.calibration is None:
-            self.calibration = calibration_batches(
-                self.splits.train, PreprocessSpec.from_dict(self.parent.preprocessing), self.config.calibration_views,
-                self.recovery.batch_size, seed=self.config.seed)
-        return self.calibration
-
-    def _latency(self) -> float:
-        """Batch-1 p50 of the student built for ``config.target`` by its own toolchain (default precision;
-        INT8 calibrated on 32 training images: enough for a latency figure, not for the accuracy one)."""
-        import tempfile
-
-        from .build import _latency_p50
-        from .data import EvalImages
-        from .export import ExportConfig, torch_to_onnx
-        from .preprocessing import PreprocessSpec
-        from .profiles import load_target
-        from .toolchains import get_toolchain
-
-        profile = load_target(self.config.target)
-        precision, toolchain = profile.default_precision, get_toolchain(profile.toolchain)
-        spec = PreprocessSpec.from_dict(self.parent.preprocessing)
-        with tempfile.TemporaryDirectory(prefix="edgetl-prune-") as tmp:
-            path = Path(tmp) / "model.onnx"
-            torch_to_onnx(self.student.eval(), path, spec.input_size, ExportConfig())
-            model = toolchain.convert(path)
-            if precision == "int8":
-                from .compress.quantize import get_backend
-
-                backend = get_backend(toolchain.quantizer)
-                model = backend.quantize(model, self.splits.train[:32], spec,
-                                         backend.settings(profile.quantization, f"{profile.name}.yaml"))
-            runner = toolchain.runner(model, toolchain.device(profile), toolchain.runner_options(profile, precision))
+        def recover(job: Any) -> None:
+            if settings is None:
+                return
+            loss = distillation(job.teacher, job.student, config, job.feature_points(), settings.label_smoothing)
             try:
-                return _latency_p50(runner, EvalImages(self.splits.val[:1], spec)[:1], 50) or 0.0
+                Trainer(settings, self.bundle(job.student), self.splits, progress=progress, loss=loss).run(fresh=True)
             finally:
-                runner.close()
+                loss.close()
 
-    def _feature_points(self) -> list[tuple[str, str, list[int] | None]]:
-        """Where feature distillation compares the student with the parent: the classifier's input, then
-        each ``feature_layers`` output, with the parent's channels the student kept there."""
-        head = self.parent.model["head"][0]
-        return [(head, "input", self.kept_inputs.get(head)),
-                *((n, "output", self.kept.get(n)) for n in self.feature_layers)]
+        return recover
 
-    def _sparsify(self, heads: list[str]) -> dict[str, Any]:
-        from .compress.prune import apply_semi_structured_2_4, keep_masks, sparsity_2_4_fraction
 
-        masks = apply_semi_structured_2_4(self.student, heads)
-        self._mask_handle = keep_masks(self.student, masks)
-        return {"layers": len(masks), "fraction_2_4": sparsity_2_4_fraction(self.student, ignored=heads)}
+def _prune_into(staging: Any, lock: Any, parent: _Parent, config: PruneConfig, progress: bool) -> PruneResult:
+    """Prune, then recover into the child run staged in ``staging`` (whose finetune ``lock`` is held)."""
+    from .compress.prune import architecture_record
+    from .compress.prune.counting import standard_macs
+    from .run import create_child
+    from .run.stage import stage
+    from .train.callbacks import BEST, PromoteStaging
+    from .train.stage import train_stage
+    from .train.trainer import Trainer
 
-    # -- data ---------------------------------------------------------------------------------
-    def _loader(self, train: bool, samples: list | None = None) -> Any:
-        from .data import make_loader
-        from .preprocessing import PreprocessSpec
+    job = parent.job(config, progress)
+    pruned = job.run()
+    record = {**parent.manifest.model, "parameters": pruned.after["params"],
+              "pruned": {"parent": str(parent.run_dir.resolve()), "macs": standard_macs(pruned.after)}}
+    # the parent's checkpoint is the parent's file: the lineage records it, not this run's stage inputs
+    child = create_child(parent.run_dir, staging.path, stage=PRUNE, model=record, inputs=parent.inputs)
+    with stage(child, PRUNE, config.to_dict(), {}) as st:
+        points = job.feature_points()
+        loss = distillation(job.teacher, job.student, config, points, parent.settings.label_smoothing)
+        trainer = Trainer(parent.settings, parent.bundle(job.student, architecture_record(job.student)), parent.splits,
+                          staging.path, progress=progress, loss=loss, callbacks=[PromoteStaging(staging, child)])
+        result = train_stage(trainer, child, parent.recovery, lock=lock, staging=staging)
+        top1 = (pruned.top1_parent, pruned.top1_pruned, pruned.top1_repaired, result.metrics["top1"])
+        st.metrics.update(prune_report(pruned.before, pruned.after, top1, pruned.steps, pruned.sparsity,
+                                       trainer.run_dir / BEST, parent.run_dir / "checkpoint.pt"))
+        st.metrics.update(repair=job.repair, classifier_inputs_kept=points[0].kept,
+                          feature_points=[p.to_list() for p in points])
+    return PruneResult(trainer.run_dir, parent.run_dir, dict(st.metrics))
 
-        spec = PreprocessSpec.from_dict(self.parent.preprocessing)
-        samples = samples if samples is not None else (self.splits.train if train else self.splits.val)
-        transform = spec.train_transform(self.recovery.augment, self.recovery.augment_strength) if train else spec.eval_transform()
-        return make_loader(samples, transform, self.recovery.batch_size, shuffle=train, workers=0,
-                           seed=self.config.seed)
 
-    def _top1(self, model: Any) -> float:
-        import torch
+# -- resume -------------------------------------------------------------------------------------
 
-        model.eval()
-        correct = seen = 0
-        with torch.inference_mode():
-            for images, targets in self._loader(train=False):
-                correct += int((model(images).argmax(1) == targets).sum())
-                seen += len(targets)
-        return correct / max(seen, 1)
+def resume(run_dir: str | Path, *, progress: bool = True, epochs: int | None = None,
+           changes: dict[str, Any] | None = None) -> Any:
+    """Continue a pruned run's recovery from ``checkpoints/last.pt`` (distilling from its parent again, with
+    the recorded prune options), then update its prune report. ``epochs`` and ``changes`` as for
+    :func:`edgetl.finetune.resume`; the recovery runs in one process, as it was trained."""
+    from .run.lock import StageLock
+    from .run.manifest import Manifest
+    from .train.settings import resumed_options
+    from .train.stage import BUSY, check_resumable, resume_training
 
-    def _repair(self) -> None:
-        """Right after a pruning step: re-solve the layers by least squares (see
-        :mod:`~edgetl.compress.prune.reconstruct`), or, when none qualifies (or ``reconstruct`` is off),
-        re-estimate BatchNorm statistics. The first keeps the teacher's statistics, which its classifier was
-        trained with; re-estimating them on a few hundred images would move every feature."""
-        from .compress.prune import reconstruct_layers, reconstructable_layers
-        from .compress.prune.reconstruct import plan_layers
-        from .compress.prune.repair import recalibrate_bn
+    manifest = Manifest.load(run_dir)
+    record = manifest.stage(FINETUNE)
+    if manifest.stage(PRUNE) is None or record is None:
+        raise RunFolderError(f"{run_dir} is not a pruned run with a recovery to resume: prune its parent again "
+                             f"(edgetl prune PARENT -o {run_dir} --overwrite)")
+    changes = {**(changes or {}), **({"epochs": epochs} if epochs is not None else {})}
+    options = resumed_options(record["options"], changes, run_dir)
+    with StageLock(run_dir, FINETUNE).acquire(BUSY) as lock:
+        check_resumable(run_dir, record, changes)
+        result = resume_training(manifest, options, changes, progress=progress, lock=lock,
+                                 loss_for=lambda bundle: resumed_loss(manifest, bundle))
+        update_report(manifest, result)
+    return result
 
-        cfg, heads = self.config, list(self.parent.model["head"])
-        if cfg.reconstruct and (reconstructable_layers(self.student, self.teacher) or plan_layers(
-                self.student, self.teacher, scope=cfg.reconstruct_scope, kept_outputs=self.kept, skip=heads)):
-            batches = self._calibration()
-            report = reconstruct_layers(self.student, self.teacher, lambda: iter(batches), scope=cfg.reconstruct_scope,
-                                        kept_outputs=self.kept, skip=heads, progress=log.info)
-            self.repair = {"method": "least squares", "images": sum(len(b) for b in batches), **report}
-        else:
-            recalibrate_bn(self.student, (images for images, _ in self._loader(train=False, samples=self.splits.train)))
-            self.repair = {"method": "BatchNorm statistics"}
 
-    def _taylor_loss(self) -> Any:
-        import torch.nn.functional as F
+def resumed_loss(manifest: Any, bundle: Any) -> Any:
+    """The loss a resumed recovery trains with: distillation from the parent run with the recorded prune
+    options and feature points; ``bundle`` (the backbone as built) is reshaped to the pruned architecture."""
+    from .compress.prune.recovery import parent_teacher, pruned_bundle
 
-        images, targets = next(iter(self._loader(train=True)))
-        return lambda model: F.cross_entropy(model(images), targets)
-
-    def _recover(self, epochs: int) -> None:
-        """Short in-memory distillation between pruning steps (no checkpoints; the final recovery writes them)."""
-        import torch
-
-        if not epochs:
-            return
-        loss = distillation(self.teacher, self.student, asdict(self.config), self._feature_points())
-        optimizer = torch.optim.AdamW(self.student.parameters(), lr=self.config.lr)
-        self.student.train()
-        if self.config.reconstruct:  # BatchNorm keeps the teacher's statistics, as in the final recovery
-            for module in self.student.modules():
-                if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
-                    module.eval()
-        for epoch in range(epochs):
-            total = seen = 0
-            for images, targets in self._loader(train=True):
-                images = loss.prepare(images, targets)
-                _, value = loss(self.student(images), targets, inputs=images)
-                optimizer.zero_grad(set_to_none=True)
-                value.backward()
-                optimizer.step()
-                total, seen = total + value.item() * len(targets), seen + len(targets)
-            log.info("  recovery epoch %d/%d: distillation loss %.3f", epoch + 1, epochs, total / max(seen, 1))
-        loss.close()
+    config = PruneConfig.from_dict(manifest.stage(PRUNE)["options"])
+    points = [FeaturePoint.from_list(p) for p in (manifest.stage(PRUNE).get("metrics") or {}).get("feature_points") or []]
+    pruned_bundle(manifest.run_dir, bundle)
+    smoothing = recorded_settings(manifest.stage(FINETUNE)["options"]).label_smoothing
+    return distillation(parent_teacher(manifest.run_dir, manifest.parent), bundle.model, config, points, smoothing)
 
 
 def update_report(manifest: Any, result: Any) -> None:
-    """After a resumed recovery: the prune report's recovered top-1."""
-    report = dict(manifest.stage(STAGE).get("metrics") or {})
+    """After a resumed recovery: the prune report's recovered top-1 and drop against the parent."""
+    from .run.stage import stage
+
     top1 = result.metrics["top1"]
-    report.update(top1_recovered=top1, drop_points_vs_parent=round(100 * (report.get("top1_parent", top1) - top1), 4))
-    manifest.finish(STAGE, report)
+    parent_top1 = (manifest.stage(PRUNE).get("metrics") or {}).get("top1_parent", top1)
+    with stage(manifest, PRUNE, {}, reopen=True) as st:
+        st.metrics.update(top1_recovered=top1, drop_points_vs_parent=round(100 * (parent_top1 - top1), 4))

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+from pathlib import Path
+
 
 def test_steady_allocator_applies_on_glibc():
     import platform
@@ -12,16 +14,14 @@ def test_steady_allocator_applies_on_glibc():
 
 
 def test_bench_measuring_applies_it_before_any_runner_loads(monkeypatch):
-    """``edgetl bench`` and the bundle runtime's bench both time through ``_measure``: the allocator is set
-    there, before the runners load, so neither caller can time with the default glibc behaviour."""
+    """``edgetl bench`` and the bundle runtime's bench both time through ``measure_report``: the allocator is
+    set there, before the runners load, so neither caller can time with the default glibc behaviour."""
     import numpy as np
     import pytest
 
     from edgetl.bench import BenchConfig, harness
 
-    from types import SimpleNamespace
-
-    run = SimpleNamespace(classes=["a", "b"])
+    run = {"run_dir": Path("run"), "model": {}, "classes": ["a", "b"]}
     calls = []
     monkeypatch.setattr(harness, "steady_allocator", lambda: calls.append("allocator") or True)
 
@@ -31,9 +31,10 @@ def test_bench_measuring_applies_it_before_any_runner_loads(monkeypatch):
 
     monkeypatch.setattr(harness, "measure_artifacts", measure)
     with pytest.raises(RuntimeError, match="stop here"):
-        harness._measure([], run, np.zeros((1, 3, 8, 8)), np.zeros(1), "x", BenchConfig(), False)
+        harness.measure_report([], np.zeros((1, 3, 8, 8)), np.zeros(1), "x", BenchConfig(), **run)
     assert calls == ["allocator", "runners"]
     calls.clear()
-    with pytest.raises(RuntimeError):
-        harness._measure([], run, np.zeros((1, 3, 8, 8)), np.zeros(1), "x", BenchConfig(steady_allocator=False), False)
+    with pytest.raises(RuntimeError, match="stop here"):
+        harness.measure_report([], np.zeros((1, 3, 8, 8)), np.zeros(1), "x", BenchConfig(steady_allocator=False),
+                               **run)
     assert calls == ["runners"]

@@ -72,7 +72,7 @@ def test_bad_compare_file_fails_before_measuring(run, tmp_path, monkeypatch, con
     def measure(*args, **kwargs):
         pytest.fail("benchmark measured before checking the --compare file")
 
-    monkeypatch.setattr(harness, "_measure", measure)
+    monkeypatch.setattr(harness, "measure_report", measure)
     old = tmp_path / "old.json"
     if content is not None:
         old.write_text(content)
@@ -84,9 +84,9 @@ def test_bad_compare_file_fails_before_measuring(run, tmp_path, monkeypatch, con
 def test_compare_file_is_read_once_before_measuring(run, tmp_path, monkeypatch):
     old = Path(shutil.copy(benchmark(run, BenchConfig(**FAST), progress=False).files["json"], tmp_path / "old.json"))
     calls = []
-    real_load, real_measure = harness.load_report, harness._measure
+    real_load, real_measure = harness.load_report, harness.measure_report
     monkeypatch.setattr(harness, "load_report", lambda path: calls.append("load") or real_load(path))
-    monkeypatch.setattr(harness, "_measure", lambda *a, **k: calls.append("measure") or real_measure(*a, **k))
+    monkeypatch.setattr(harness, "measure_report", lambda *a, **k: calls.append("measure") or real_measure(*a, **k))
     report = benchmark(run, BenchConfig(**FAST, compare=str(old)), progress=False)
     assert calls == ["load", "measure"]  # a real report passes the checks, and is read once, first
     comparison = report.data["comparison"]

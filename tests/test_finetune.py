@@ -9,8 +9,9 @@ import pytest
 import torch
 
 from edgetl.errors import ConfigError, DatasetError, ModelError, RunFolderError
-from edgetl.finetune import FinetuneConfig, _Trainer, finetune, layer_groups, resume
+from edgetl.finetune import FinetuneConfig, finetune, layer_groups, resume
 from edgetl.manifest import Manifest
+from edgetl.train.trainer import Trainer
 
 from conftest import make_image_folder
 
@@ -124,13 +125,32 @@ def test_gradual_unfreezes_from_the_top(split_folder: Path, tmp_path: Path):
 
 
 def test_gradual_with_probed_head_starts_unfreezing_at_once(split_folder: Path, tmp_path: Path, monkeypatch):
-    calls = []
-    original = _Trainer._probe_head
-    monkeypatch.setattr(_Trainer, "_probe_head", lambda self, progress: calls.append(original(self, progress)))
-    cfg = config(split_folder, tmp_path / "run", strategy="gradual", epochs=4, probe_epochs=3)
+    """LP-FT: before epoch 1 the probe fits the new head on frozen features (only the head moved, and the
+    model then classifies the val images: offline ImageNet Lite0), so epoch 1 already trains the backbone
+    (without a probe: the head alone, [0, n])."""
+    import numpy as np
+
+    probes = []
+    original = Trainer._probe_head
+
+    def probe(self, progress):
+        before = {k: v.clone() for k, v in self.model.state_dict().items()}
+        accuracy = original(self, progress)
+        logits, labels, _ = self._evaluate()
+        changed = {k for k, v in self.model.state_dict().items() if not torch.equal(v, before[k])}
+        head = {k for k in before if k.rsplit(".", 1)[0] in self.bundle.head}
+        probes.append((accuracy, float(np.mean(logits.argmax(1) == labels)), changed, head))
+        return accuracy
+
+    monkeypatch.setattr(Trainer, "_probe_head", probe)
+    cfg = config(split_folder, tmp_path / "run", strategy="gradual", epochs=2, probe_epochs=3,
+                 model="efficientnet_lite0", pretrained=True)
     result = finetune(cfg, progress=False)
-    assert len(calls) == 1 and 0.0 <= calls[0] <= 1.0
-    assert result.history[0]["unfrozen_groups"] > 0
+    (train_top1, val_top1, changed, head), = probes
+    assert changed == head and len(head) == 2  # weight and bias
+    assert train_top1 >= 0.9 and val_top1 >= 7 / 8, probes
+    n = len(_group_keys(cfg))
+    assert n > 5 and [h["unfrozen_groups"] for h in result.history] == [n, n]
 
 
 def test_layer_groups_exclude_head():
@@ -152,7 +172,7 @@ def test_pretrained_probe_learns_colour_classes(tmp_path: Path):
 
 def test_resume_continues_interrupted_run(split_folder: Path, tmp_path: Path, monkeypatch):
     cfg = config(split_folder, tmp_path / "run", epochs=3)
-    original = _Trainer._train_epoch
+    original = Trainer._train_epoch
     calls = {"n": 0}
 
     def dies_in_second_epoch(self, progress, task):
@@ -161,13 +181,13 @@ def test_resume_continues_interrupted_run(split_folder: Path, tmp_path: Path, mo
             raise KeyboardInterrupt
         return original(self, progress, task)
 
-    monkeypatch.setattr(_Trainer, "_train_epoch", dies_in_second_epoch)
+    monkeypatch.setattr(Trainer, "_train_epoch", dies_in_second_epoch)
     with pytest.raises(KeyboardInterrupt):
         finetune(cfg, progress=False)
     manifest = Manifest.load(tmp_path / "run")
     assert manifest.stage("finetune")["status"] == "interrupted"  # never claims success
     assert not manifest.completed("finetune")
-    monkeypatch.setattr(_Trainer, "_train_epoch", original)
+    monkeypatch.setattr(Trainer, "_train_epoch", original)
     result = resume(tmp_path / "run", progress=False)
     assert [h["epoch"] for h in result.history] == [1, 2, 3]
     assert Manifest.load(tmp_path / "run").completed("finetune")
@@ -185,7 +205,7 @@ def test_failure_before_first_epoch_leaves_no_run_folder(split_folder: Path, tmp
     def boom(self, progress, task):
         raise RuntimeError("out of memory")
 
-    monkeypatch.setattr(_Trainer, "_train_epoch", boom)
+    monkeypatch.setattr(Trainer, "_train_epoch", boom)
     with pytest.raises(RuntimeError):
         finetune(config(split_folder, tmp_path / "run"), progress=False)
     assert not (tmp_path / "run").exists()
@@ -247,14 +267,15 @@ def test_metrics_json_has_history(split_folder: Path, tmp_path: Path):
 # -- the run folder as a contract (issue 7) ---------------------------------------------------------------
 TRAIN = """
 import os, signal, sys
-from edgetl.finetune import FinetuneConfig, _Trainer, finetune, resume
+from edgetl.finetune import FinetuneConfig, finetune, resume
+from edgetl.train.callbacks import Checkpoints
 if sys.argv[1] == "kill":
-    original = _Trainer._save_training_state
-    def die_in_second_epoch(self):
-        if self.epoch == 2:
+    original = Checkpoints.save_state
+    def die_in_second_epoch(self, trainer):
+        if trainer.epoch == 2:
             os.kill(os.getpid(), signal.SIGKILL)  # kill -9 before epoch 2 is saved: no cleanup at all
-        original(self)
-    _Trainer._save_training_state = die_in_second_epoch
+        original(self, trainer)
+    Checkpoints.save_state = die_in_second_epoch
 if sys.argv[1] == "resume":
     resume(sys.argv[2], progress=False)
 else:
@@ -317,7 +338,7 @@ def test_overwrite_keeps_the_old_run_when_the_new_one_fails_early(split_folder: 
     def boom(self, progress, task):
         raise RuntimeError("out of memory")
 
-    monkeypatch.setattr(_Trainer, "_train_epoch", boom)
+    monkeypatch.setattr(Trainer, "_train_epoch", boom)
     with pytest.raises(RuntimeError):
         finetune(config(split_folder, tmp_path / "run", epochs=1), overwrite=True, progress=False)
     assert (tmp_path / "run" / "checkpoint.pt").read_bytes() == before

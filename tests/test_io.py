@@ -70,6 +70,17 @@ def test_full_disk_in_write_json_is_one_line_and_keeps_the_old_file(tmp_path, mo
     assert _leftovers(tmp_path, {"report.json"}) == []
 
 
+def test_atomic_write_leaves_old_file_on_failure(tmp_path: Path):
+    target = tmp_path / "a.json"
+    write_json(target, {"v": 1})
+    with pytest.raises(RuntimeError, match="in the block"):
+        with atomic_path(target) as tmp:
+            tmp.write_text("partial")
+            raise RuntimeError("in the block")
+    assert json.loads(target.read_text()) == {"v": 1}
+    assert [p.name for p in tmp_path.iterdir()] == ["a.json"]
+
+
 def test_full_disk_in_atomic_path_block_keeps_the_old_file(tmp_path):
     target = tmp_path / "model.onnx"
     target.write_bytes(b"old model")

@@ -533,11 +533,11 @@ def test_which_export_a_run_compiles(tmp_path, device):
     run = make_run(tmp_path, exports=(("jetson", "fp16"), ("jetson", "int8"), ("intel-cpu", "int8")))
     assert compile_engine(run).precision == "int8"  # the int8 export when none is named
     assert compile_engine(run, CompileConfig(precision="fp16")).engine.parent.name == "fp16"
-    with pytest.raises(RunFolderError, match=r"has no TensorRT export for --precision fp32: run `edgetl export .* "
-                                             r"--target jetson` first"):
+    with pytest.raises(TargetError, match=r"has no jetson fp32 TensorRT export \(built: fp16, int8\): run `edgetl "
+                                          r"export .* --target jetson --precision fp32` first"):
         compile_engine(run, CompileConfig(precision="fp32"))
     two = make_run(tmp_path / "two", exports=(("jetson", "fp16"), ("jetson", "fp32")))
-    with pytest.raises(ConfigError, match="jetson:fp16, jetson:fp32: choose one with --precision"):
+    with pytest.raises(ConfigError, match="has jetson TensorRT exports in fp16, fp32: choose one with --precision"):
         compile_engine(two)
     many = make_run(tmp_path / "many", exports=(("jetson", "int8"), ("nvidia-gpu", "int8")))
     with pytest.raises(ConfigError, match="exports for jetson, nvidia-gpu: choose one with --target"):

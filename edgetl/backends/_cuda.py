@@ -47,11 +47,6 @@ class Device:
     """``"8.7"``."""
     memory_mib: int | None = None
 
-    @property
-    def sm(self) -> tuple[int, int]:
-        major, _, minor = self.compute_capability.partition(".")
-        return int(major), int(minor or 0)
-
 
 # -- the driver API --------------------------------------------------------------------------------
 @functools.cache

@@ -65,8 +65,9 @@ def read_sidecar(engine: str | Path) -> dict[str, Any]:
 
 
 def check_sidecar(engine: Path, sidecar: dict[str, Any], *, engine_sha256: str, tensorrt_version: str,
-                  compute_capability: str, platform: str) -> None:
-    """Refuse (one line) an engine its fingerprint does not describe, or one this machine cannot run."""
+                  compute_capability: str, platform: str) -> tuple[str, str]:
+    """Refuse (one line) an engine its fingerprint does not describe, or one this machine cannot run; else
+    the rules that accepted it: (``"same-minor"`` | ``"version-compatible"``, ``"same-sm"`` | ``"ampere+"``)."""
     hint = rebuild_hint(engine)
     if sidecar["engine_sha256"] != engine_sha256:
         raise ModelError(f"{sidecar_path(engine)} describes another engine (its sha256 is not that of "
@@ -75,28 +76,32 @@ def check_sidecar(engine: Path, sidecar: dict[str, Any], *, engine_sha256: str, 
     if built_on != platform:
         raise TargetError(f"{engine} was built on a {PLATFORMS.get(built_on, built_on)}, this machine is a "
                           f"{PLATFORMS.get(platform, platform)}: {hint}")
-    _check_version(engine, sidecar, tensorrt_version, hint)
-    _check_gpu(engine, sidecar, compute_capability, hint)
+    version = _check_version(engine, sidecar, tensorrt_version, hint)
+    return version, _check_gpu(engine, sidecar, compute_capability, hint)
 
 
-def _check_version(engine: Path, sidecar: dict[str, Any], here: str, hint: str) -> None:
+def _check_version(engine: Path, sidecar: dict[str, Any], here: str, hint: str) -> str:
     built = str(sidecar["tensorrt_version"])
     b, h = version_tuple(built), version_tuple(here)
-    if b[:2] == h[:2] or (sidecar["version_compatible"] and b[0] == h[0] and h >= b):
-        return
+    if b[:2] == h[:2]:
+        return "same-minor"
+    if sidecar["version_compatible"] and b[0] == h[0] and h >= b:
+        return "version-compatible"
     why = (" (a version-compatible engine runs only on a newer TensorRT of the same major version)"
            if sidecar["version_compatible"] else "")
     raise TargetError(f"{engine} was built with TensorRT {built}, this machine has {here}{why}: {hint}")
 
 
-def _check_gpu(engine: Path, sidecar: dict[str, Any], here: str, hint: str) -> None:
+def _check_gpu(engine: Path, sidecar: dict[str, Any], here: str, hint: str) -> str:
     built = str(sidecar["compute_capability"])
     if sidecar["hardware_compatibility"] == "ampere+":
         if version_tuple(here) < (8, 0):
             raise TargetError(f"{engine} is hardware-compatible with Ampere and newer GPUs (sm >= 8.0), this GPU "
                               f"is sm {here}: {hint}")
-    elif built != here:
+        return "ampere+"
+    if built != here:
         raise TargetError(f"{engine} was built for compute capability {built}, this GPU is {here}: {hint}")
+    return "same-sm"
 
 
 def _numpy_dtype(trt: Any, dtype: Any) -> np.dtype:

@@ -5,10 +5,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..errors import ConfigError
+from ..run.keys import BENCH
 
 SCHEMA_VERSION = 1
 """report.json schema (docs/bench.md): changes when a field changes meaning or goes away (adding fields does not)."""
-STAGE = "bench"
+STAGE = BENCH
 """The manifest stage a benchmark records when its reports land inside the run folder."""
 
 

@@ -175,7 +175,7 @@ def _with(target: BenchTarget, **changes: Any) -> BenchTarget:
     return BenchTarget(**{**asdict(target), **changes})
 
 
-def _load_manifests(inputs: Sequence[str | Path]) -> tuple[Manifest, list[BenchTarget], bool]:
+def resolve_inputs(inputs: Sequence[str | Path]) -> tuple[Manifest, list[BenchTarget], bool]:
     """The manifest describing the inputs and the targets to measure; True when ``inputs`` is one run.
 
     Inputs are run folders (every artifact they record) and/or artifact files inside run folders. With

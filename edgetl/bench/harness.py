@@ -15,12 +15,13 @@ from .. import __version__
 from .._allocator import steady_allocator
 from .._io import utc_now
 from ..errors import ConfigError, DatasetError, RegressionError
+from ..run.keys import Status
 from ..run.manifest import Manifest
 from ..run.stage import stage as run_stage
 from .accuracy import compare_to_reference, reference_of
 from .compare import compare_reports, load_report
 from .config import SCHEMA_VERSION, STAGE, BenchConfig
-from .discover import BenchTarget, _load_manifests, check_targets, expand_variants, find_run_dir
+from .discover import BenchTarget, resolve_inputs, check_targets, expand_variants, find_run_dir
 from .measure import measure_artifacts
 from .memory import MEMORY_METHOD
 from .report import write_reports
@@ -41,7 +42,7 @@ class BenchReport:
 
     @property
     def failed(self) -> list[dict[str, Any]]:
-        return [r for r in self.results if r["status"] == "failed"]
+        return [r for r in self.results if r["status"] == Status.FAILED]
 
     @property
     def regressions(self) -> list[dict[str, Any]]:
@@ -55,12 +56,10 @@ def benchmark(run_or_artifacts: str | Path | Sequence[str | Path], config: Bench
 
     ``config.output`` must be a new or empty folder, or a bench folder edgetl wrote (replaced only with
     ``overwrite``); the default folder is replaced by a rerun. Never inside the data (see edgetl._outputs)."""
-    from ..doctor import device_fingerprint
-
     config = config or BenchConfig()
     inputs = [run_or_artifacts] if isinstance(run_or_artifacts, (str, Path)) else list(run_or_artifacts)
     previous = load_report(config.compare) if config.compare else None  # a bad file fails before measuring
-    manifest, raw_targets, is_run = _load_manifests(inputs)
+    manifest, raw_targets, is_run = resolve_inputs(inputs)
     digests = check_targets(raw_targets, config.verify)
     targets = expand_variants(raw_targets, config)
     if not targets:
@@ -78,9 +77,8 @@ def benchmark(run_or_artifacts: str | Path | Sequence[str | Path], config: Bench
     with (run_stage(manifest, STAGE, {**asdict(config), "artifacts": [t.key for t in targets]},
                     digests.get(manifest.run_dir.resolve(), {}), busy_hint="another bench of it is running")
           if record else contextlib.nullcontext()) as st:
-        report = _measure(targets, manifest, images, labels, data_source, config, progress)
-        report["device"] = device_fingerprint()
-        _add_device_details(report)
+        report = measure_report(targets, images, labels, data_source, config, run_dir=manifest.run_dir,
+                                model=manifest.model, classes=manifest.classes, progress=progress)
         if config.compare:
             report["comparison"] = compare_reports(previous, report, config.fail_on_regression)
         files = write_reports(report, out_dir)
@@ -126,27 +124,36 @@ def _load_eval_data(manifest: Manifest, config: BenchConfig) -> tuple[Any, np.nd
     return images, labels, source
 
 
-def _measure(targets: list[BenchTarget], manifest: Manifest, images: Any, labels: np.ndarray, data_source: str,
-             config: BenchConfig, progress: bool) -> dict[str, Any]:
-    """Measure the targets and assemble report.json (``device`` and ``comparison`` are the caller's)."""
+def measure_report(targets: list[BenchTarget], images: Any, labels: np.ndarray, data_source: str,
+                   config: BenchConfig, *, run_dir: Path, model: dict[str, Any], classes: list[str],
+                   progress: bool = False) -> dict[str, Any]:
+    """Measure the targets and assemble report.json with the device's fingerprint (``comparison`` is the caller's).
+
+    ``run_dir``, ``model`` and ``classes`` are what the report records of the run: its manifest's, or
+    a bundle's bundle.json's (``edgetl.runtime.bench``). ``edgetl bench`` and the bundle runtime's bench
+    both time through here."""
+    from ..doctor import device_fingerprint
+
     # before any runner loads: steady latencies (edgetl/_allocator.py); every caller's timings alike
     allocator = config.steady_allocator and steady_allocator()
-    items = measure_artifacts(targets, images, labels, manifest.classes, config, progress)
+    items = measure_artifacts(targets, images, labels, classes, config, progress)
     reference = reference_of(items)
     if reference is not None:
         compare_to_reference(items, reference, labels, config)
     results = [m.row for m in items]
-    return {"schema_version": SCHEMA_VERSION, "kind": "edgetl.bench", "created": utc_now(), "edgetl": __version__,
-            "run": str(manifest.run_dir), "model": manifest.model, "classes": manifest.classes,
-            "config": {k: v for k, v in asdict(config).items() if k not in ("compare", "fail_on_regression")},
-            "method": {"latency": "interleaved rounds, artifact order rotated each round; stats pool all timed runs; "
-                                  "p50_stable_ms = lowest per-round median (used for comparisons)",
-                       "memory": MEMORY_METHOD, "accuracy_ci": "paired bootstrap over images (95%), exact McNemar",
-                       "allocator": "glibc, mmap/trim thresholds 1 GiB" if allocator else "default"},
-            "data": {"source": data_source, "images": int(len(images)), "input_shape": list(images.shape[1:])},
-            "reference": reference.row["label"] if reference is not None else None,
-            "results": results, "notes": _notes(results, reference is not None, config, len(images)),
-            "comparison": None}
+    report = {"schema_version": SCHEMA_VERSION, "kind": "edgetl.bench", "created": utc_now(), "edgetl": __version__,
+               "run": str(run_dir), "model": model, "classes": classes,
+               "config": {k: v for k, v in asdict(config).items() if k not in ("compare", "fail_on_regression")},
+               "method": {"latency": "interleaved rounds, artifact order rotated each round; stats pool all timed "
+                                     "runs; p50_stable_ms = lowest per-round median (used for comparisons)",
+                          "memory": MEMORY_METHOD, "accuracy_ci": "paired bootstrap over images (95%), exact McNemar",
+                          "allocator": "glibc, mmap/trim thresholds 1 GiB" if allocator else "default"},
+               "data": {"source": data_source, "images": int(len(images)), "input_shape": list(images.shape[1:])},
+               "reference": reference.row["label"] if reference is not None else None,
+               "results": results, "notes": _notes(results, reference is not None, config, len(images)),
+               "comparison": None, "device": device_fingerprint()}
+    _add_device_details(report)
+    return report
 
 
 def _notes(results: list[dict[str, Any]], has_reference: bool, config: BenchConfig, n_images: int) -> list[str]:

@@ -20,6 +20,7 @@ import numpy as np
 
 from ..backends import RUNTIMES
 from ..errors import DatasetError, EdgetlError, MissingBackendError
+from ..run.keys import Status
 from .accuracy import accuracy_pass
 from .config import BenchConfig
 from .discover import RUNTIME_TITLES, BenchTarget
@@ -80,7 +81,7 @@ class Measured:
 
     def fail(self, exc: Exception) -> None:
         log.debug("artifact %s failed", self.target.artifact, exc_info=exc)
-        self.row.update(status="failed", reason=f"{type(exc).__name__}: {exc}"[:500])
+        self.row.update(status=str(Status.FAILED), reason=f"{type(exc).__name__}: {exc}"[:500])
         runner, self.runner = self.runner, None
         if runner is not None:
             runner.close()

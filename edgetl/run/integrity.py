@@ -15,27 +15,16 @@ from typing import Any
 
 from .._io import sha256
 from ..errors import IntegrityError, RunFolderError
-from .manifest import COMPLETE, Manifest
+from .keys import RunState, StageKey, is_done
+from .manifest import Manifest
 from .safe_paths import run_file
 
 
-def rerun_hint(stage: str, run_dir: Path) -> str:
-    """The command that (re)produces ``stage``."""
-    if stage == "finetune":
-        return f"edgetl finetune DATA -o {run_dir} --overwrite"
-    if stage == "onnx":
-        return f"edgetl export {run_dir}"
-    if stage == "bench":
-        return f"edgetl bench {run_dir}"
-    if stage == "prune":
-        return f"edgetl prune PARENT -o {run_dir} --overwrite"
-    if stage.endswith(":engine"):
-        target, precision, _ = stage.split(":", 2)
-        return f"edgetl compile {run_dir} --target {target} --precision {precision} (on the device)"
-    if ":" in stage:
-        target, precision = stage.split(":", 1)
-        return f"edgetl export {run_dir} --target {target} --precision {precision}"
-    return f"the command that wrote stage '{stage}'"
+def rerun_hint(stage: str | StageKey, run_dir: Path) -> str:
+    """The command that (re)produces ``stage`` (each stage says, through the stage table)."""
+    from ..stages import rerun_hint as hint
+
+    return hint(stage, run_dir)
 
 
 def verified_file(manifest: Manifest, rel: str, *, verify: bool = True) -> tuple[Path, str]:
@@ -70,8 +59,9 @@ def verify_stage_files(manifest: Manifest, stage: str, *, verify: bool = True) -
     return {rel: verified_file(manifest, rel, verify=verify)[1] for rel in manifest.recorded_files(stage)}
 
 
-def stale_reason(manifest: Manifest, stage: str, _seen: frozenset[str] = frozenset()) -> str | None:
+def stale_reason(manifest: Manifest, stage: str | StageKey, _seen: frozenset[str] = frozenset()) -> str | None:
     """Why ``stage`` no longer reflects its inputs, or None when it is current (or cannot tell: schema 1)."""
+    stage = str(stage)
     record = manifest.stage(stage)
     if record is None or stage in _seen:
         return None
@@ -108,7 +98,7 @@ def _parent_changed(lineage: dict[str, Any]) -> str | None:
     return None
 
 
-def require_current(manifest: Manifest, stage: str) -> None:
+def require_current(manifest: Manifest, stage: str | StageKey) -> None:
     """Raise :class:`StaleArtifactError` when ``stage`` is stale."""
     from ..errors import StaleArtifactError
 
@@ -146,8 +136,8 @@ def _file_problem(manifest: Manifest, rel: str, digest: str) -> str | None:
     except RunFolderError:
         return UNSAFE
     if not file.is_file():
-        return "missing"
-    return "modified" if sha256(file) != digest else None
+        return RunState.MISSING
+    return RunState.MODIFIED if sha256(file) != digest else None
 
 
 def run_status(run_dir: str | Path) -> list[StageState]:
@@ -162,18 +152,18 @@ def run_status(run_dir: str | Path) -> list[StageState]:
                     if (problem := _file_problem(manifest, rel, digest))}
         stale = stale_reason(manifest, name)
         if stage_busy(manifest.run_dir, name):
-            state, detail = "busy", f"being written by another process (pid {record.get('pid', '?')})"
-        elif status not in (COMPLETE, "budget-missed"):
+            state, detail = RunState.BUSY, f"being written by another process (pid {record.get('pid', '?')})"
+        elif not is_done(status):
             state, detail = status, record.get("error", "")
         elif UNSAFE in problems.values():
             unsafe = [rel for rel, problem in problems.items() if problem == UNSAFE]
-            state, detail = "unsafe", f"{', '.join(unsafe)}: {UNSAFE}; replace it with the file itself"
+            state, detail = RunState.UNSAFE, f"{', '.join(unsafe)}: {UNSAFE}; replace it with the file itself"
         elif problems:
-            state = "missing" if "missing" in problems.values() else "modified"
+            state = RunState.MISSING if RunState.MISSING in problems.values() else RunState.MODIFIED
             detail = f"{len(problems)} file(s) {state}: re-run `{rerun_hint(name, manifest.run_dir)}`"
         elif stale:
-            state, detail = "stale", f"{stale}: re-run `{rerun_hint(name, manifest.run_dir)}`"
+            state, detail = RunState.STALE, f"{stale}: re-run `{rerun_hint(name, manifest.run_dir)}`"
         else:
-            state, detail = "current", ""
-        states.append(StageState(name, status, state, detail, problems))
+            state, detail = RunState.CURRENT, ""
+        states.append(StageState(name, status, str(state), detail, {rel: str(p) for rel, p in problems.items()}))
     return states

@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from ..errors import RunBusyError
+from .keys import StageKey
 
 LOCK_DIR = ".locks"
 MANIFEST_LOCK_TIMEOUT_S = 60.0
@@ -43,11 +44,11 @@ def manifest_lock(run_dir: Path) -> Iterator[None]:
 class StageLock:
     """Exclusive right to write one stage of one run; acquiring fails at once when someone holds it."""
 
-    def __init__(self, run_dir: str | Path, stage: str) -> None:
+    def __init__(self, run_dir: str | Path, stage: str | StageKey) -> None:
         from filelock import FileLock
 
-        self.run_dir, self.stage = Path(run_dir), stage
-        self._lock = FileLock(_lock_path(self.run_dir, "stage-" + stage), timeout=0)
+        self.run_dir, self.stage = Path(run_dir), str(stage)
+        self._lock = FileLock(_lock_path(self.run_dir, "stage-" + self.stage), timeout=0)
 
     def acquire(self, busy_hint: str = "wait for it to finish") -> StageLock:
         from filelock import Timeout
@@ -75,7 +76,7 @@ class StageLock:
         self._lock.release(force=True)
 
 
-def stage_busy(run_dir: str | Path, stage: str) -> bool:
+def stage_busy(run_dir: str | Path, stage: str | StageKey) -> bool:
     """Whether another process is writing ``stage`` of ``run_dir`` now (probes without keeping the lock)."""
     if not (Path(run_dir) / LOCK_DIR).is_dir():
         return False

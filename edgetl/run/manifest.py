@@ -21,19 +21,21 @@ import os
 import platform
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from enum import Enum
 from pathlib import Path, PurePosixPath
 from typing import Any
 
 from .. import __version__
 from .._io import read_json, sha256, utc_now, write_json
 from ..errors import RunFolderError
+from .keys import StageKey, Status, is_done, try_parse
 from .lock import manifest_lock
 from .safe_paths import inside_name, run_file, run_relative
 
 MANIFEST_NAME = "edgetl.json"
 SCHEMA_VERSION = 2
 READABLE_SCHEMAS = (1, 2)
-COMPLETE, RUNNING, FAILED, INTERRUPTED = "complete", "running", "failed", "interrupted"
+COMPLETE, RUNNING, FAILED, INTERRUPTED = Status.COMPLETE, Status.RUNNING, Status.FAILED, Status.INTERRUPTED  # old names
 _REQUIRED = {"model": dict, "classes": list, "preprocessing": dict, "stages": dict}
 
 
@@ -134,43 +136,58 @@ class Manifest:
     def stages(self) -> dict[str, dict[str, Any]]:
         return self.data["stages"]
 
-    def stage(self, name: str) -> dict[str, Any] | None:
-        return self.stages.get(name)
+    def stage(self, name: str | StageKey) -> dict[str, Any] | None:
+        return self.stages.get(str(name))
 
-    def completed(self, name: str) -> bool:
+    def completed(self, name: str | StageKey) -> bool:
         stage = self.stage(name)
-        return bool(stage and stage.get("status") == COMPLETE)
+        return bool(stage and stage.get("status") == Status.COMPLETE)
 
-    def require(self, name: str, hint: str) -> dict[str, Any]:
+    def done(self, name: str | StageKey) -> bool:
+        """Complete, or complete outside its accuracy budget: the stage's artifacts are usable."""
+        stage = self.stage(name)
+        return bool(stage and is_done(stage.get("status")))
+
+    def keys(self) -> list[StageKey]:
+        """The stages recorded, as keys (names no edgetl version writes are left out)."""
+        return [key for name in self.stages if (key := try_parse(name)) is not None]
+
+    def builds(self, target: str) -> list[StageKey]:
+        """The target builds of ``target`` recorded in this run, in recording order."""
+        return [key for key in self.keys() if key.kind == "build" and key.target == target]
+
+    def require(self, name: str | StageKey, hint: str) -> dict[str, Any]:
         """The completed stage ``name`` or a :class:`RunFolderError` saying how to produce it."""
         stage = self.stage(name)
-        if not stage or stage.get("status") != COMPLETE:
+        if not stage or stage.get("status") != Status.COMPLETE:
             state = stage.get("status") if stage else "missing"
             raise RunFolderError(f"stage '{name}' of {self.run_dir} is {state}: {hint}")
         return stage
 
     # -- stage bookkeeping (use edgetl.run.stage.stage() rather than calling these directly) ------
-    def begin(self, name: str, options: Mapping[str, Any], inputs: Mapping[str, str] | None = None) -> dict[str, Any]:
+    def begin(self, name: str | StageKey, options: Mapping[str, Any], inputs: Mapping[str, str] | None = None) -> dict[str, Any]:
         """Mark a stage as running (and save), dropping any earlier record of it."""
-        self.stages[name] = {"status": RUNNING, "started": utc_now(), "pid": os.getpid(), "options": plain(options),
-                             "inputs": dict(inputs or {}), "metrics": {}, "artifacts": {}}
+        name = str(name)
+        self.stages[name] = {"status": str(Status.RUNNING), "started": utc_now(), "pid": os.getpid(),
+                             "options": plain(options), "inputs": dict(inputs or {}), "metrics": {}, "artifacts": {}}
         self._touched_stages.add(name)
         self.save()
         return self.stages[name]
 
-    def reopen(self, name: str, options_update: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    def reopen(self, name: str | StageKey, options_update: Mapping[str, Any] | None = None) -> dict[str, Any]:
         """Mark an existing stage running again (resume), keeping its artifacts and history."""
+        name = str(name)
         stage = self.stages[name]
-        stage.update(status=RUNNING, pid=os.getpid(), resumed=utc_now())
+        stage.update(status=str(Status.RUNNING), pid=os.getpid(), resumed=utc_now())
         stage.pop("error", None)
         stage["options"].update(plain(options_update or {}))
         self._touched_stages.add(name)
         self.save()
         return stage
 
-    def add_artifact(self, name: str, path: str | Path, **extra: Any) -> dict[str, Any]:
+    def add_artifact(self, name: str | StageKey, path: str | Path, **extra: Any) -> dict[str, Any]:
         """Record ``path`` (inside the run folder) under stage ``name`` with its size and sha256."""
-        path = Path(path)
+        name, path = str(name), Path(path)
         rel = run_relative(self.run_dir, path)
         files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
         entry: dict[str, Any] = {"bytes": sum(p.stat().st_size for p in files)}
@@ -183,16 +200,19 @@ class Manifest:
         self._touched_stages.add(name)
         return entry
 
-    def finish(self, name: str, metrics: Mapping[str, Any] | None = None, status: str = COMPLETE) -> None:
+    def finish(self, name: str | StageKey, metrics: Mapping[str, Any] | None = None,
+               status: str = Status.COMPLETE) -> None:
+        name = str(name)
         stage = self.stages[name]
         if metrics:
             stage["metrics"].update(plain(metrics))
-        stage["status"] = status
+        stage["status"] = str(status)
         stage["finished"] = utc_now()
         self._touched_stages.add(name)
         self.save()
 
-    def fail(self, name: str, error: str, status: str = FAILED) -> None:
+    def fail(self, name: str | StageKey, error: str, status: str = Status.FAILED) -> None:
+        name = str(name)
         if name in self.stages:
             self.stages[name]["error"] = error
             self.finish(name, status=status)
@@ -215,10 +235,10 @@ class Manifest:
         _, entry, sub = found
         return entry["files"][sub] if sub else entry.get("sha256")
 
-    def recorded_files(self, stage_name: str) -> dict[str, str]:
+    def recorded_files(self, stage_name: str | StageKey) -> dict[str, str]:
         """Every file a stage recorded, run-relative, with its sha256."""
         out = {}
-        for art, entry in self.stages[stage_name].get("artifacts", {}).items():
+        for art, entry in self.stages[str(stage_name)].get("artifacts", {}).items():
             if "sha256" in entry:
                 out[art] = entry["sha256"]
             for sub, digest in entry.get("files", {}).items():
@@ -291,7 +311,7 @@ def plain(value: Any) -> Any:
         return {str(k): plain(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
         return [plain(v) for v in value]
-    if isinstance(value, Path):
+    if isinstance(value, (Path, Enum)):
         return str(value)
     if hasattr(value, "item") and not isinstance(value, (str, bytes)):
         return value.item()

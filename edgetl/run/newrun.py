@@ -16,6 +16,7 @@ from pathlib import Path
 
 from .._io import current_umask
 from ..errors import ConfigError, RunFolderError
+from .keys import FINETUNE
 from .lock import StageLock
 from .manifest import Manifest, is_run_folder
 
@@ -76,7 +77,7 @@ class RunStaging:
         self.promoted = False
         self._old_lock: StageLock | None = None
         if is_run_folder(final):  # nobody may be training the run we are about to replace (checked first,
-            self._old_lock = StageLock(final, "finetune").acquire("it cannot be replaced while it trains")
+            self._old_lock = StageLock(final, FINETUNE).acquire("it cannot be replaced while it trains")
         try:  # so that a refusal leaves no staging folder behind)
             final.parent.mkdir(parents=True, exist_ok=True)
             _remove_abandoned(final)
@@ -115,5 +116,5 @@ def _remove_abandoned(final: Path) -> None:
     from .lock import stage_busy
 
     for leftover in final.parent.glob(f"{STAGING_PREFIX}{final.name}-*"):
-        if leftover.is_dir() and not stage_busy(leftover, "finetune"):
+        if leftover.is_dir() and not stage_busy(leftover, FINETUNE):
             shutil.rmtree(leftover, ignore_errors=True)

@@ -16,7 +16,8 @@ from typing import Any
 
 from .integrity import verified_file
 from .lock import StageLock
-from .manifest import COMPLETE, FAILED, INTERRUPTED, Manifest
+from .keys import StageKey, Status
+from .manifest import Manifest, plain
 
 
 @dataclass
@@ -26,15 +27,14 @@ class StageWriter:
     inputs: dict[str, str]
     """Run-relative input files, verified, with their sha256."""
     metrics: dict[str, Any] = field(default_factory=dict)
-    status: str = COMPLETE
+    status: Status = Status.COMPLETE
+    record: dict[str, Any] = field(default_factory=dict)
+    """Other entries of the stage record, written when it completes (a training's ``history``)."""
     _artifacts: list[tuple[Path, dict[str, Any]]] = field(default_factory=list)
 
     def artifact(self, path: str | Path, **extra: Any) -> None:
         """Record ``path`` (a file or a folder inside the run) when the stage completes."""
         self._artifacts.append((Path(path), extra))
-
-    def input_path(self, rel: str) -> Path:
-        return self.manifest.run_dir / rel
 
 
 def verify_inputs(manifest: Manifest, inputs: Iterable[str], *, verify: bool = True) -> dict[str, str]:
@@ -48,22 +48,35 @@ def failure_reason(exc: BaseException) -> str:
 
 
 @contextlib.contextmanager
-def stage(manifest: Manifest, name: str, options: Mapping[str, Any], inputs: Iterable[str] | Mapping[str, str] = (),
-          *, verify: bool = True, busy_hint: str = "wait for it to finish") -> Iterator[StageWriter]:
+def stage(manifest: Manifest, name: str | StageKey, options: Mapping[str, Any], inputs: Iterable[str] | Mapping[str, str] = (),
+          *, verify: bool = True, busy_hint: str = "wait for it to finish", reopen: bool = False,
+          lock: StageLock | None = None) -> Iterator[StageWriter]:
     """Run one stage of ``manifest``'s run; see the module docstring. ``inputs`` are run-relative paths, or a
-    mapping of paths to sha256s the caller has already verified with :func:`verify_inputs`."""
-    lock = StageLock(manifest.run_dir, name).acquire(busy_hint)
+    mapping of paths to sha256s the caller has already verified with :func:`verify_inputs`.
+
+    ``reopen``: continue the stage's existing record (a resumed training): ``options`` only updates the
+    recorded ones, and its inputs and artifacts stay. ``lock``: the stage's lock, already held by the caller
+    (who releases it)."""
+    name = str(name)
+    held = lock is not None
+    lock = lock if held else StageLock(manifest.run_dir, name).acquire(busy_hint)
     try:
-        digests = dict(inputs) if isinstance(inputs, Mapping) else verify_inputs(manifest, inputs, verify=verify)
-        manifest.begin(name, options, inputs=digests)
+        if reopen:
+            digests = dict(manifest.reopen(name, options).get("inputs") or {})
+        else:
+            digests = dict(inputs) if isinstance(inputs, Mapping) else verify_inputs(manifest, inputs, verify=verify)
+            manifest.begin(name, options, inputs=digests)
         writer = StageWriter(manifest, name, digests)
         try:
             yield writer
             for path, extra in writer._artifacts:
                 manifest.add_artifact(name, path, **extra)
+            manifest.stages[name].update(plain(writer.record))
         except BaseException as exc:
-            manifest.fail(name, failure_reason(exc), INTERRUPTED if isinstance(exc, KeyboardInterrupt) else FAILED)
+            status = Status.INTERRUPTED if isinstance(exc, KeyboardInterrupt) else Status.FAILED
+            manifest.fail(name, failure_reason(exc), status)
             raise
         manifest.finish(name, writer.metrics, status=writer.status)
     finally:
-        lock.release()
+        if not held:
+            lock.release()

@@ -20,13 +20,12 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from .bundle import SCHEMA_VERSION
+
 if TYPE_CHECKING:
     from pathlib import Path
 
     from .model import BundleModel
-
-SCHEMA_VERSION = 1
-"""bundle.json schema this runtime writes and reads (a bundle with a higher one is refused)."""
 
 __all__ = ["SCHEMA_VERSION", "load"]
 

@@ -1,14 +1,15 @@
 """Latency (and, with labelled images, accuracy) of a bundle on the device itself, with the runtime alone.
 
 The measuring is ``edgetl bench``'s own: :func:`edgetl.bench.measure.measure_artifacts` (the interleaved
-rounds, :func:`~edgetl.bench.measure.latency_stats`) and the report assembled by the harness, so the
+rounds, :func:`~edgetl.bench.measure.latency_stats`) and the report assembled by
+:func:`edgetl.bench.harness.measure_report`, so the
 report.json has bench's schema, the device fingerprint, and the artifact's key in its run
 (``intel-cpu/int8/model.xml``): ``edgetl bench RUN --compare THIS_REPORT`` puts the two side by side.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -17,15 +18,6 @@ import numpy as np
 from ..bench.config import BenchConfig
 from ..errors import DatasetError
 from .bundle import Bundle
-
-
-@dataclass
-class _RunLike:
-    """What the report assembly reads from a run's manifest, taken from bundle.json."""
-
-    run_dir: Path
-    model: dict[str, Any]
-    classes: list[str]
 
 
 def bench_bundle(bundle: Bundle, config: BenchConfig | None = None, data: str | Path | None = None,
@@ -38,8 +30,7 @@ def bench_bundle(bundle: Bundle, config: BenchConfig | None = None, data: str | 
     from .._io import write_json
     from .._outputs import BENCH_REPORT, claim_output
     from ..bench.discover import BenchTarget
-    from ..bench.harness import _add_device_details, _measure
-    from ..doctor import device_fingerprint
+    from ..bench.harness import measure_report
 
     from .model import require_runtime
 
@@ -56,12 +47,10 @@ def bench_bundle(bundle: Bundle, config: BenchConfig | None = None, data: str | 
                          options={**bundle.runner_options, **_threads(config)},
                          precision=meta.get("precision"), format=model.get("format"),
                          size_bytes=bundle.model_path.stat().st_size, deploy_runtime=meta.get("deploy_runtime"))
-    run = _RunLike(Path(str(bundle.source)), meta.get("source", {}).get("model") or {}, bundle.labels)
-    report = _measure([target], run, images, labels, source, config, progress=False)  # type: ignore[arg-type]
+    report = measure_report([target], images, labels, source, config, run_dir=Path(str(bundle.source)),
+                            model=meta.get("source", {}).get("model") or {}, classes=bundle.labels)
     report["bundle"] = {"path": str(bundle.source), "target": meta.get("target"), "precision": meta.get("precision"),
                         "created": meta.get("created"), "model_sha256": meta["files"][model["file"]]}
-    report["device"] = device_fingerprint()
-    _add_device_details(report)
     if output is not None:
         write_json(output, report)
     return report

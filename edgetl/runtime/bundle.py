@@ -21,7 +21,6 @@ from typing import Any
 
 from .._io import sha256
 from ..errors import BundleError
-from . import SCHEMA_VERSION
 from .schema import BUNDLE_FILE, LABELS_FILE, REMAKE, check_labels_file, check_meta  # noqa: F401 (edgetl.package)
 
 try:
@@ -29,6 +28,8 @@ try:
 except ImportError:  # Python built without lzma: tarfile cannot open .tar.xz either
     _LZMA_ERROR = zlib.error
 
+SCHEMA_VERSION = 1
+"""bundle.json schema this runtime writes and reads (a bundle with a higher one is refused)."""
 REQUIRED_KEYS = ("schema", "task", "runtime", "model", "input", "preprocessing", "labels", "files")
 """Keys a bundle.json must have for the runtime to use it."""
 MAX_UNPACKED_BYTES = 4 * 2**30

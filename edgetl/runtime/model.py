@@ -118,10 +118,10 @@ class BundleModel:
         """One input as a float32 CHW tensor, and its name for reports."""
         from PIL import Image
 
-        from ..data import _read_preprocessed
+        from ..data import read_preprocessed
 
         if isinstance(item, (str, Path)):
-            return _read_preprocessed(Path(item), self.spec), str(item)  # bench's decoding, one-line errors
+            return read_preprocessed(Path(item), self.spec), str(item)  # bench's decoding, one-line errors
         if isinstance(item, Image.Image):
             return self.spec.apply(item), "<image>"
         if isinstance(item, np.ndarray):

@@ -8,6 +8,7 @@ supplies convert / quantize (through its quantizer backend) / save / runner / de
 from __future__ import annotations
 
 import abc
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -47,16 +48,15 @@ class Toolchain(abc.ABC):
         """The device the build evaluates and times on here (default: the profile's)."""
         return profile.device
 
-    def check_config(self, profile: Any, precision: str, config: Any) -> None:
-        """Refuse build options this toolchain or device cannot honour, before any work."""
+    def check_config(self, profile: Any, precision: str, config: Any, others: Iterable[Toolchain] = ()) -> None:
+        """Refuse build options this toolchain or device cannot honour, before any work (``others``: the
+        toolchains the message may name as taking them)."""
         from ..errors import ConfigError
 
         given = [k for k in TOOLCHAIN_OPTIONS if k not in self.build_options
                  and getattr(config, k) is not None and getattr(config, k) is not False]
         if given:
-            from . import TOOLCHAINS, get_toolchain
-
-            takers = [t.title for t in map(get_toolchain, TOOLCHAINS) if set(given) <= set(t.build_options)]
+            takers = [t.title for t in others if set(given) <= set(t.build_options)]
             flags = [f"--{k.replace('_', '-')}" for k in given]
             raise ConfigError(f"{', '.join(flags)} {'applies' if len(flags) == 1 else 'apply'} only to "
                               f"{' / '.join(takers) or 'other'} targets (see `edgetl targets`), not to {profile.name}")

@@ -14,6 +14,7 @@ import logging
 import os
 import tempfile
 import weakref
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -81,8 +82,8 @@ class TensorRTToolchain(Toolchain):
 
             get_backend(self.quantizer).check()
 
-    def check_config(self, profile: Any, precision: str, config: Any) -> None:
-        super().check_config(profile, precision, config)
+    def check_config(self, profile: Any, precision: str, config: Any, others: Iterable[Toolchain] = ()) -> None:
+        super().check_config(profile, precision, config, others)
         hardware = Hardware.from_dict(profile.hardware, f"{profile.name}.yaml")
         hardware.check_dla(profile.name, config.dla_core)
         settings = engine_settings(profile, config)

@@ -26,7 +26,9 @@ from ..backends import _cuda
 from ..backends import tensorrt as trt_backend
 from ..errors import ConfigError, IntegrityError, MissingBackendError, RunFolderError, TargetError
 from ..profiles import PRECISIONS
-from ..run.manifest import COMPLETE, Manifest, is_run_folder
+from ..run.builds import built, choose_build
+from ..run.keys import StageKey, Status
+from ..run.manifest import Manifest, is_run_folder
 from ..run.safe_paths import run_relative
 from .tensorrt_fingerprint import ENGINE_NAME, layers_name, profile_batches
 from .trt_settings import OVERRIDES, CompileConfig, EngineSettings, Hardware  # noqa: F401  (CompileConfig: public here too)
@@ -269,21 +271,18 @@ def _from_run(run: Path, config: CompileConfig) -> _Source:
     from ..run.integrity import require_current
 
     manifest = Manifest.load(run)
-    found = []
-    for name, record in manifest.stages.items():
-        parts = name.split(":")
-        if len(parts) != 2 or record.get("status") not in (COMPLETE, "budget-missed"):
-            continue
-        if config.target not in (None, parts[0]) or config.precision not in (None, parts[1]):
-            continue
-        folder = run / parts[0] / parts[1]
-        if _is_tensorrt_export(folder):
-            found.append((name, folder))
-    name, folder = _pick(run, config, found)
-    require_current(manifest, name)
-    if manifest.stages[name]["status"] != COMPLETE:
-        log.warning("%s: the export missed its accuracy budget (status %s); building its engine anyway",
-                    name, manifest.stages[name]["status"])
+    found = {key: run / (key.target or "") / (key.precision or "") for key in built(manifest, target=config.target)}
+    exports = [key for key, folder in found.items() if _is_tensorrt_export(folder)]
+    if not exports:
+        asked = " ".join(f"--{k} {v}" for k, v in (("target", config.target), ("precision", config.precision)) if v)
+        raise RunFolderError(f"{run} has no TensorRT export{' for ' + asked if asked else ''}: run "
+                             f"`edgetl export {run} --target {config.target or 'jetson'}` first")
+    key = choose_build(manifest, config.target, config.precision, exports, what="TensorRT export")
+    name, folder = str(key), found[key]
+    require_current(manifest, key)
+    status = manifest.stages[name]["status"]
+    if status != Status.COMPLETE:
+        log.warning("%s: the export missed its accuracy budget (status %s); building its engine anyway", name, status)
     src = _from_folder(folder)
     src.manifest = manifest
     return src
@@ -294,22 +293,6 @@ def _is_tensorrt_export(folder: Path) -> bool:
         return isinstance(json.loads((folder / "build.json").read_text(encoding="utf-8")).get("tensorrt"), dict)
     except (OSError, ValueError, AttributeError):
         return False
-
-
-def _pick(run: Path, config: CompileConfig, found: list[tuple[str, Path]]) -> tuple[str, Path]:
-    asked = " ".join(f"--{k} {v}" for k, v in (("target", config.target), ("precision", config.precision)) if v)
-    if not found:
-        raise RunFolderError(f"{run} has no TensorRT export{' for ' + asked if asked else ''}: run "
-                             f"`edgetl export {run} --target {config.target or 'jetson'}` first")
-    targets = sorted({name.split(":")[0] for name, _ in found})
-    if len(targets) > 1:
-        raise ConfigError(f"{run} has TensorRT exports for {', '.join(targets)}: choose one with --target")
-    if len(found) > 1:
-        int8 = [item for item in found if item[0].endswith(":int8")]
-        if not int8:
-            raise ConfigError(f"{run} has {', '.join(n for n, _ in found)}: choose one with --precision")
-        return int8[0]
-    return found[0]
 
 
 def _verified_onnx(src: _Source, strongly_typed: bool) -> tuple[Path, str]:
@@ -339,7 +322,7 @@ def _recorded(job: _Job, config: CompileConfig) -> CompileResult:
     from ..run.stage import stage
 
     manifest, src = job.src.manifest, job.src
-    name = f"{src.target}:{src.precision}:engine"
+    name = str(StageKey.engine(src.target, src.precision))
     options = {"compile": asdict(config), "engine": job.settings.to_dict(), "strongly_typed": job.typed,
                "onnx": job.onnx.name}
     rel = run_relative(manifest.run_dir, job.onnx)

@@ -47,6 +47,19 @@ def default_threads() -> int:
     return max(1, usable_cores() // local)
 
 
+def set_threads(threads: int | None) -> None:
+    """Torch's threads for this process: ``threads``, or its share of this machine's cores."""
+    import torch
+
+    torch.set_num_threads(threads or default_threads())
+
+
+def is_main() -> bool:
+    """Whether this process is the one that reports and writes: rank 0 of a torchrun/elastic job (before or
+    after it joins the process group), or a process outside any job."""
+    return os.environ.get("RANK", "0") == "0"
+
+
 def check_launch(nproc: int, *, sync_bn: bool = False, device: str = "cpu") -> None:
     """One-line errors, before anything is written, for a job this machine cannot run."""
     cores = usable_cores()
@@ -162,7 +175,7 @@ def process_group(device: str = "cpu") -> Iterator[Dist]:
         yield current()
         return
     dist.init_process_group(BACKENDS[device])
-    if dist.get_rank() != 0:
+    if not is_main():
         logging.getLogger("edgetl").setLevel(logging.WARNING)  # rank 0 reports progress
     try:
         yield current()

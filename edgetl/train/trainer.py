@@ -1,12 +1,14 @@
-"""The fine-tuning loop: epochs over a model with a loss object, a strategy, checkpoints and callbacks."""
+"""The training loop: epochs over a model with a loss object, a strategy and callbacks (:mod:`.callbacks`:
+checkpoints, moving a new run into place, early stopping). It knows :class:`~.settings.TrainSettings`, not a
+command's config, and writes no manifest: its callers run it as a run's stage (:mod:`.stage`)."""
 
 from __future__ import annotations
 
 import logging
 import math
 import random
-import shutil
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -14,94 +16,73 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from .._console import progress_bar
-from .._io import atomic_path, write_json
+from .._io import write_json
 from ..data import DatasetSplits, make_loader
 from ..errors import DatasetError, RunFolderError
 from ..metrics import classification_metrics, plot_confusion_matrix
 from ..models import load_torch_file
-from ..run.manifest import Manifest
-from ..run.safe_paths import run_file
-from ..run.split import SPLIT_NAME
-from ..run.stage import failure_reason
 from . import distributed
-from .losses import ClassificationLoss
 from .cache import SharedCache, backbone_digest
+from .callbacks import BEST, Checkpoints, EarlyStopping, read_state, restart_hint
+from .losses import ClassificationLoss
 from .schedules import warmup_cosine
+from .settings import TrainSettings
 from .strategies import Unfreezer, layer_groups, make_optimizer
 
 if TYPE_CHECKING:
-    from ..finetune import FinetuneConfig
     from ..models import ModelBundle
 
 log = logging.getLogger(__name__)
-STAGE = "finetune"
-RESUMABLE = ("epochs", "patience", "workers", "threads", "save_every_epoch")
-"""Options a resumed run may change; every other option is fixed by what the run was trained with."""
-_STATE_FIELDS = {"model": dict, "optimizer": dict, "scheduler": dict, "epoch": int, "best": (int, float),
-                 "best_epoch": int, "bad_epochs": int, "history": list}  # what checkpoints/last.pt holds, by type
+METRICS, CONFUSION = "metrics.json", "confusion_matrix.png"
+"""The run files a training writes besides its checkpoints."""
 
 
 @dataclass
 class FinetuneResult:
-    run_dir: Path
+    run_dir: Path | None
     metrics: dict[str, Any]
     history: list[dict[str, Any]] = field(default_factory=list)
     wall_time_s: float = 0.0
 
 
 class Trainer:
-    """The epoch loop of a fine-tuning run: model, loss object, strategy, checkpoints and callbacks.
+    """The epoch loop: a model bundle, its data splits, a loss object, a strategy and callbacks (see
+    :mod:`.callbacks`; ``should_stop`` ends training after the epoch). ``run_dir`` is where the main process
+    (rank 0) writes the run's files when ``settings.checkpoints`` is on (a callback may move it)."""
 
-    Callbacks get ``on_epoch_end(trainer, record)`` after each epoch's checkpoints are written (early
-    stopping, moving a new run into place, an outside reporter such as a search trial); one may set
-    ``trainer.should_stop``. Only the main process (rank 0) writes files.
-    """
-
-    def __init__(self, config: FinetuneConfig, bundle: ModelBundle, splits: DatasetSplits, manifest: Manifest,
-                 progress: bool, staging: Any = None, callbacks: list[Any] | None = None,
-                 loss: Any = None, start_is_candidate: bool = False, cache: SharedCache | None = None) -> None:
-        self.config, self.bundle, self.splits, self.manifest = config, bundle, splits, manifest
-        # evaluate the model before training as "epoch 0": an epoch must beat it to replace it (recovery
-        # after pruning never ends worse than where it started)
-        self.start_is_candidate = start_is_candidate
-        self.progress, self.staging = progress, staging
+    def __init__(self, settings: TrainSettings, bundle: ModelBundle, splits: DatasetSplits,
+                 run_dir: str | Path | None = None, *, progress: bool = False, loss: Any = None,
+                 callbacks: Sequence[Any] = (), cache: SharedCache | None = None) -> None:
+        self.settings, self.bundle, self.splits = settings, bundle, splits
+        self.run_dir = Path(run_dir) if run_dir is not None else None
+        self.progress = progress
         self.cache = cache  # features of the frozen backbone, shared with other runs of a search
         self._backbone: str | None = None  # its digest, the cache's key
         self.dist = distributed.current()
         self.is_main = self.dist.is_main
         self.should_stop = False
         self.val_feats: tuple[Any, Any] | None = None
-        if config.sync_bn and self.dist.active:
+        if settings.sync_bn and self.dist.active:
             bundle.model = distributed.convert_sync_bn(bundle.model)
         self.model = self.train_model = bundle.model  # train_model: under DDP when several processes train
         self._trainable: tuple[bool, ...] | None = None
         self.rank_rngs: list[Any] | None = None  # every rank's RNG states at the last checkpoint (several processes)
-        self.run_dir = manifest.run_dir if manifest is not None else Path(config.output)  # ranks > 0: no manifest
         self.classes = splits.classes
         self.head_params = [p for h in bundle.head for p in self.model.get_submodule(h).parameters()]
         self.groups = layer_groups(self.model, bundle.head)
-        self.unfreezer = Unfreezer(config.strategy, self.groups, self.head_params, config.epochs,
-                                   probed_head=bool(config.probe_epochs))
-        self.loss = loss or ClassificationLoss(config.label_smoothing)
-        self.cached = config.strategy == "linear-probe" and config.cache_features
-        spec = bundle.preprocess
-        augment = config.augment and not self.cached
-        if len(splits.val) < self.dist.world:
-            raise DatasetError(f"{len(splits.val)} val image(s) cannot be shared by {self.dist.world} processes: "
-                               "use fewer processes or a larger val split")
-        self.batch = config.batch_size // self.dist.world  # --batch-size is the global batch, split over processes
-        self.train_loader = make_loader(splits.train, spec.train_transform(augment, config.augment_strength), self.batch, shuffle=True,
-                                        workers=config.workers, seed=config.seed, shard=(self.dist.rank, self.dist.world))
-        self.val_loader = make_loader(self.dist.shard(splits.val), spec.eval_transform(), self.batch,
-                                      workers=config.workers)
-        self.steps_per_epoch = len(self.train_loader)
-        self.optimizer = make_optimizer(self.model, self.head_params, strategy=config.strategy,
-                                        optimizer=config.optimizer, lr=config.head_lr,
-                                        backbone_lr_scale=config.backbone_lr_scale, weight_decay=config.weight_decay)
-        warmup = 0 if config.strategy == "linear-probe" else int(config.warmup_epochs * self.steps_per_epoch)
-        self.scheduler = warmup_cosine(self.optimizer, config.epochs * self.steps_per_epoch, warmup)
-        self.ema = _make_ema(self.model, config.ema)
-        self.callbacks = list(callbacks or []) + ([EarlyStopping(config.patience)] if config.patience else [])
+        self.unfreezer = Unfreezer(settings.strategy, self.groups, self.head_params, settings.epochs,
+                                   probed_head=bool(settings.probe_epochs))
+        self.loss = loss or ClassificationLoss(settings.label_smoothing)
+        self.cached = settings.cached
+        self._make_loaders()
+        self.optimizer = make_optimizer(self.model, self.head_params, strategy=settings.strategy,
+                                        optimizer=settings.optimizer, lr=settings.lr,
+                                        backbone_lr_scale=settings.backbone_lr_scale, weight_decay=settings.weight_decay)
+        warmup = 0 if settings.strategy == "linear-probe" else int(settings.warmup_epochs * self.steps_per_epoch)
+        self.scheduler = warmup_cosine(self.optimizer, settings.epochs * self.steps_per_epoch, warmup)
+        self.ema = _make_ema(self.model, settings.ema)
+        self.callbacks = [*([Checkpoints(settings.save_every_epoch)] if settings.checkpoints else []), *callbacks,
+                          *([EarlyStopping(settings.patience)] if settings.patience else [])]
         self.history: list[dict[str, Any]] = []
         self.epoch = 0
         self.best = -1.0
@@ -111,14 +92,18 @@ class Trainer:
         self.bad_epochs = 0
 
     # -- setup ------------------------------------------------------------------------------
-    def _apply_freezing(self, epoch: int) -> int:
-        return self.unfreezer.apply(epoch)
-
-    @property
-    def freeze_bn(self) -> bool:
-        if self.config.freeze_bn is not None:
-            return self.config.freeze_bn
-        return self.config.pretrained or self.config.weights is not None
+    def _make_loaders(self) -> None:
+        settings, spec, splits = self.settings, self.bundle.preprocess, self.splits
+        if len(splits.val) < self.dist.world:
+            raise DatasetError(f"{len(splits.val)} val image(s) cannot be shared by {self.dist.world} processes: "
+                               "use fewer processes or a larger val split")
+        self.batch = settings.batch_size // self.dist.world  # --batch-size is the global batch, split over processes
+        transform = spec.train_transform(settings.augment and not self.cached, settings.augment_strength)
+        self.train_loader = make_loader(splits.train, transform, self.batch, shuffle=True, workers=settings.workers,
+                                        seed=settings.seed, shard=(self.dist.rank, self.dist.world))
+        self.val_loader = make_loader(self.dist.shard(splits.val), spec.eval_transform(), self.batch,
+                                      workers=settings.workers)
+        self.steps_per_epoch = len(self.train_loader)
 
     def _train_mode(self) -> None:
         """Train mode, but BatchNorms of frozen layers (or all, with ``freeze_bn``) keep their statistics."""
@@ -127,18 +112,29 @@ class Trainer:
         self.model.train()
         for module in self.model.modules():
             if isinstance(module, nn.modules.batchnorm._BatchNorm):
-                if self.freeze_bn or not any(p.requires_grad for p in module.parameters(recurse=False)):
+                if self.settings.freeze_bn or not any(p.requires_grad for p in module.parameters(recurse=False)):
                     module.eval()
 
-    # -- checkpoints ------------------------------------------------------------------------
-    def _state(self) -> dict[str, Any]:
+    # -- checkpoints (written by callbacks.Checkpoints) ---------------------------------------
+    def training_state(self) -> dict[str, Any]:
+        """Everything ``--resume`` needs to continue bit for bit (``checkpoints/last.pt``)."""
         import torch
 
-        return {**({"rng_ranks": self.rank_rngs} if self.rank_rngs else {}), "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
-                "scheduler": self.scheduler.state_dict(), "epoch": self.epoch, "best": self.best,
-                "best_loss": self.best_loss, "best_epoch": self.best_epoch, "bad_epochs": self.bad_epochs, "history": self.history,
+        return {**({"rng_ranks": self.rank_rngs} if self.rank_rngs else {}), "model": self.model.state_dict(),
+                "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(), "epoch": self.epoch,
+                "best": self.best, "best_loss": self.best_loss, "best_epoch": self.best_epoch,
+                "bad_epochs": self.bad_epochs, "history": self.history,
                 "rng": torch.get_rng_state(), "python_rng": random.getstate(),
                 **({"ema": self.ema.module.state_dict()} if self.ema is not None else {})}
+
+    def best_checkpoint(self) -> dict[str, Any]:
+        """The evaluated model and what loads it (``checkpoint.pt``)."""
+        payload = {"state_dict": self.eval_model.state_dict(), "model_name": self.bundle.name,
+                   "num_classes": len(self.classes), "classes": self.classes, "epoch": self.epoch,
+                   "image_size": self.bundle.preprocess.input_size}
+        if self.bundle.architecture is not None:  # a pruned model: channels per layer, to rebuild it
+            payload["architecture"] = self.bundle.architecture
+        return payload
 
     @property
     def eval_model(self) -> Any:
@@ -157,36 +153,10 @@ class Trainer:
 
         return self.dist.all_gather_object((torch.get_rng_state(), random.getstate())) if self.dist.active else None
 
-    def _save_training_state(self) -> None:
-        import torch
-
-        path = self.run_dir / "checkpoints" / "last.pt"
-        with atomic_path(path, suffix=".pt") as tmp:
-            torch.save(self._state(), tmp)
-        if self.config.save_every_epoch:
-            shutil.copyfile(path, self.run_dir / "checkpoints" / f"epoch_{self.epoch:03d}.pt")
-
-    def _save_best(self) -> None:
-        import torch
-
-        payload = {"state_dict": self.eval_model.state_dict(), "model_name": self.bundle.name,
-                   "num_classes": len(self.classes), "classes": self.classes, "epoch": self.epoch,
-                   "image_size": self.bundle.preprocess.input_size}
-        if self.bundle.architecture is not None:  # a pruned model: channels per layer, to rebuild it
-            payload["architecture"] = self.bundle.architecture
-        with atomic_path(self.run_dir / "checkpoint.pt", suffix=".pt") as tmp:
-            torch.save(payload, tmp)
-
-    def _restore(self) -> None:
-        """Continue from ``checkpoints/last.pt`` (read by the one safe loader; a foreign file is refused)."""
-        path = run_file(self.run_dir, "checkpoints/last.pt")
-        hint = f"fine-tune again without --resume (edgetl finetune DATA -o {self.run_dir} --overwrite)"
-        state = load_torch_file(path, what="an edgetl training state", hint=hint)
-        wanted = {**_STATE_FIELDS, **({"ema": dict} if self.ema is not None else {})}
-        bad = [k for k, kind in wanted.items() if not isinstance(state, dict) or not isinstance(state.get(k), kind)]
-        if bad:
-            raise RunFolderError(f"{path} is not an edgetl training state (damaged or foreign; no valid "
-                                 f"{', '.join(bad)}): {hint}")
+    def restore(self) -> None:
+        """Continue from the run's ``checkpoints/last.pt`` (read by the one safe loader; a foreign file is refused)."""
+        state = read_state(self.run_dir, ema=self.ema is not None)
+        path, hint = self.run_dir / "checkpoints" / "last.pt", restart_hint(self.run_dir)
         try:
             self.model.load_state_dict(state["model"])
             if self.ema is not None:
@@ -276,7 +246,7 @@ class Trainer:
         if hasattr(self.train_loader.sampler, "set_epoch"):  # several processes: DistributedSampler
             self.train_loader.sampler.set_epoch(self.epoch)  # order = f(seed, epoch) on every rank: resumable
         else:
-            self.train_loader.generator.manual_seed(self.config.seed + self.epoch)  # order = f(epoch): resumable
+            self.train_loader.generator.manual_seed(self.settings.seed + self.epoch)  # order = f(epoch): resumable
         total_loss, correct, seen = 0.0, 0, 0
         for images, targets in self.train_loader:
             logits, loss = self._forward_loss(images, targets)
@@ -298,8 +268,8 @@ class Trainer:
         head.train()
         order = torch.randperm(len(labels), generator=generator)
         total_loss, correct, seen = 0.0, 0, 0
-        for start in range(0, len(order), self.config.batch_size):
-            idx = order[start:start + self.config.batch_size]
+        for start in range(0, len(order), self.settings.batch_size):
+            idx = order[start:start + self.settings.batch_size]
             if len(idx) == 1 and len(order) > 1:
                 continue  # as the image loader does: no batch of one
             seen += len(idx)
@@ -317,7 +287,7 @@ class Trainer:
         """LP-FT: fit the new head on cached backbone features before any backbone layer trains."""
         import torch
 
-        cfg = self.config
+        cfg = self.settings
         loader = make_loader(self.dist.shard(self.splits.train), self.bundle.preprocess.eval_transform(), self.batch,
                              workers=cfg.workers)
         feats, labels = self._features(loader, progress, "probe features")
@@ -350,48 +320,33 @@ class Trainer:
         return logits.float().numpy(), targets.numpy(), loss
 
     def run(self, fresh: bool) -> FinetuneResult:
-        """Train until ``epochs`` (or a callback stops it); the caller holds the run's finetune stage lock."""
-        cfg = self.config
-        if self.is_main and fresh:
-            self.manifest.begin(STAGE, cfg.to_dict())
-            self.manifest.add_artifact(STAGE, self.run_dir / SPLIT_NAME)
-            self.manifest.save()
-        elif self.is_main:
-            self.manifest.reopen(STAGE, {name: getattr(cfg, name) for name in RESUMABLE})
+        """Train until ``epochs`` (or a callback stops it); ``fresh``: from the start, else after :meth:`restore`."""
         start = time.perf_counter()
         elapsed_before = sum(h["time_s"] for h in self.history)
-        try:
-            with progress_bar(self.progress and self.is_main) as progress:
-                self._epochs(progress, fresh)
-        except BaseException as exc:
-            if not self.is_main or (self.staging is not None and not self.staging.promoted):
-                raise  # nothing worth keeping: the caller discards the staging folder
-            status = "interrupted" if isinstance(exc, KeyboardInterrupt) else "failed"
-            self.manifest.fail(STAGE, failure_reason(exc), status)
-            log.error("fine-tuning %s; resume with: edgetl finetune --resume %s", status, self.run_dir)
-            raise
+        with progress_bar(self.progress and self.is_main) as progress:
+            self._epochs(progress, fresh)
         return self._finish(time.perf_counter() - start + elapsed_before)
 
     def _epochs(self, progress, fresh: bool) -> None:
         import torch
 
-        cfg = self.config
+        settings = self.settings
         train_feats = None
         if self.cached:
             loader = make_loader(self.dist.shard(self.splits.train), self.bundle.preprocess.eval_transform(),
-                                 self.batch, workers=cfg.workers)
+                                 self.batch, workers=settings.workers)
             train_feats = self._features(loader, progress, "features train")  # computed once, shared by ranks
             self.val_feats = self._features(self.val_loader, progress, "features val")
-        if fresh and cfg.strategy == "gradual" and cfg.probe_epochs:
+        if fresh and settings.strategy == "gradual" and settings.probe_epochs:
             self._probe_head(progress)
-        if fresh and self.start_is_candidate and not self.cached:
+        if fresh and settings.start_is_candidate and not self.cached:
             self._start_candidate()
-        epochs_task = progress.add_task("epochs", total=cfg.epochs, completed=self.epoch, status="")
-        while self.epoch < cfg.epochs and not self.should_stop:
+        epochs_task = progress.add_task("epochs", total=settings.epochs, completed=self.epoch, status="")
+        while self.epoch < settings.epochs and not self.should_stop:
             epoch_start = time.perf_counter()
-            unfrozen = self._apply_freezing(self.epoch)
+            unfrozen = self.unfreezer.apply(self.epoch)
             if self.cached:
-                generator = torch.Generator().manual_seed(cfg.seed + self.epoch)
+                generator = torch.Generator().manual_seed(settings.seed + self.epoch)
                 train_loss, train_acc = self._train_epoch_cached(*train_feats, generator)
             else:
                 task = progress.add_task(f"epoch {self.epoch + 1}", total=len(self.splits.train), status="")
@@ -409,65 +364,51 @@ class Trainer:
                             status=f"val top-1 {100 * val_top1:.1f}% (best {100 * self.best:.1f}%)")
 
     def _start_candidate(self) -> None:
-        """Epoch 0: the model as given is the best so far (checkpoint written, staging promoted)."""
+        """Epoch 0: the model as given is the best so far (the callbacks save it and move a new run into place)."""
         logits, labels, val_loss = self._evaluate()
         self.best, self.best_loss, self.best_epoch = float((logits.argmax(1) == labels).mean()), val_loss, 0
-        self.rank_rngs = self._rank_rngs()
-        if self.is_main:
-            self._save_best()
-            self._save_training_state()
-            if self.staging is not None and not self.staging.promoted:
-                self.run_dir = self.manifest.run_dir = self.staging.promote()
         log.info("epoch 0 (before training): val loss %.3f  val top-1 %.2f%% *", val_loss, 100 * self.best)
+        self._notify({"epoch": 0, "val_loss": round(val_loss, 5), "val_top1": round(self.best, 5), "improved": True})
 
     def _end_epoch(self, val_top1: float, val_loss: float) -> bool:
-        """Checkpoints, moving a new run into place after its first epoch, then the callbacks. An epoch
-        improves on a higher val top-1, or the same top-1 at a lower val loss (a flat top-1 curve, as weight
-        averaging gives, keeps the better-fitted epoch and does not run out of patience while loss falls)."""
+        """Best-so-far bookkeeping, then the callbacks. An epoch improves on a higher val top-1, or the same top-1
+        at a lower val loss (a flat top-1 curve, as weight averaging gives, keeps the better-fitted epoch and
+        does not run out of patience while loss falls)."""
         improved = val_top1 > self.best or (val_top1 == self.best and val_loss < self.best_loss)
         if improved:
             self.best, self.best_loss, self.best_epoch, self.bad_epochs = val_top1, val_loss, self.epoch, 0
         else:
             self.bad_epochs += 1
-        self.rank_rngs = self._rank_rngs()
-        if self.is_main:
-            if improved:
-                self._save_best()
-            self._save_training_state()
-            if self.staging is not None and not self.staging.promoted:
-                self.run_dir = self.manifest.run_dir = self.staging.promote()
         h = self.history[-1]
         log.info("epoch %d/%d  train loss %.3f  val loss %.3f  val top-1 %.2f%%%s  (%.0f s)", self.epoch,
-                 self.config.epochs, h["train_loss"], h["val_loss"], 100 * val_top1, " *" if improved else "",
+                 self.settings.epochs, h["train_loss"], h["val_loss"], 100 * val_top1, " *" if improved else "",
                  h["time_s"])
-        for callback in self.callbacks:
-            callback.on_epoch_end(self, {**h, "improved": improved})
-        if self.dist.active:  # a callback on rank 0 (a search's pruner) stops every rank
-            self.should_stop = self.dist.broadcast(self.should_stop)
+        self._notify({**h, "improved": improved})
         return improved
 
+    def _notify(self, record: dict[str, Any]) -> None:
+        self.rank_rngs = self._rank_rngs()  # collective: every rank, before any checkpoint is written
+        for callback in self.callbacks:
+            callback.on_epoch_end(self, record)
+        if self.dist.active:  # a callback on rank 0 (a search's pruner) stops every rank
+            self.should_stop = self.dist.broadcast(self.should_stop)
+
     def _finish(self, wall: float) -> FinetuneResult:
-        best = load_torch_file(self.run_dir / "checkpoint.pt") if self.is_main else None
-        best = self.dist.broadcast(best)["state_dict"]
-        self.model.load_state_dict(best)
-        if self.ema is not None:  # the best weights were the average's
-            self.ema.module.load_state_dict(best)
+        if self.settings.checkpoints:  # end on the best epoch's weights, as saved
+            best = load_torch_file(self.run_dir / BEST) if self.is_main else None
+            best = self.dist.broadcast(best)["state_dict"]
+            self.model.load_state_dict(best)
+            if self.ema is not None:  # the best weights were the average's
+                self.ema.module.load_state_dict(best)
         # a linear probe's backbone is frozen: its cached val features still hold, only the head ran again
         logits, labels, val_loss = self._evaluate(*(self.val_feats if self.cached and self.val_feats else ()))
         metrics = classification_metrics(logits, labels, self.classes)
         metrics.update(val_loss=round(val_loss, 5), best_epoch=self.best_epoch, epochs_run=self.epoch,
                        wall_time_s=round(wall, 1))
-        if not self.is_main:
-            return FinetuneResult(self.run_dir, metrics, self.history, wall)
-        plot_confusion_matrix(metrics["confusion_matrix"], self.classes, self.run_dir / "confusion_matrix.png",
-                              title=f"{self.bundle.name} val top-1 {100 * metrics['top1']:.1f}%")
-        write_json(self.run_dir / "metrics.json", {"final": metrics, "history": self.history})
-        for name in ("checkpoint.pt", "metrics.json", "confusion_matrix.png"):
-            self.manifest.add_artifact(STAGE, self.run_dir / name, **({"runtime": "torch", "precision": "fp32",
-                                                                     "format": "pytorch"}
-                                                                    if name == "checkpoint.pt" else {}))
-        self.manifest.stages[STAGE]["history"] = self.history
-        self.manifest.finish(STAGE, metrics)
+        if self.is_main and self.settings.checkpoints:
+            plot_confusion_matrix(metrics["confusion_matrix"], self.classes, self.run_dir / CONFUSION,
+                                  title=f"{self.bundle.name} val top-1 {100 * metrics['top1']:.1f}%")
+            write_json(self.run_dir / METRICS, {"final": metrics, "history": self.history})
         return FinetuneResult(self.run_dir, metrics, self.history, wall)
 
 
@@ -482,18 +423,6 @@ def _make_ema(model: Any, decay: float | None) -> Any:
         module._forward_hooks.clear()
         module._forward_pre_hooks.clear()
     return ema
-
-
-class EarlyStopping:
-    """Stop after ``patience`` epochs without a better val top-1 (or the same top-1 at a lower val loss)."""
-
-    def __init__(self, patience: int) -> None:
-        self.patience = patience
-
-    def on_epoch_end(self, trainer: Trainer, record: dict[str, Any]) -> None:
-        if trainer.bad_epochs >= self.patience:
-            log.info("early stopping: no improvement for %d epochs", self.patience)
-            trainer.should_stop = True
 
 
 def _as_tuple(value: Any) -> Any:

@@ -8,9 +8,9 @@ Optuna is imported only when a study runs (``pip install 'edgetl[tune]'``).
 
 from __future__ import annotations
 
-from .config import OBJECTIVES, PRUNERS, SAMPLERS, TuneConfig
+from .config import OBJECTIVES, PRUNERS, SAMPLERS, TuneConfig, TuneResult
 from .space import DEFAULT_SPACE, Param, SearchSpace, load_space, parse_space
-from .study import TuneResult, tune
+from .study import tune
 
 __all__ = ["DEFAULT_SPACE", "OBJECTIVES", "PRUNERS", "Param", "SAMPLERS", "SearchSpace", "TuneConfig", "TuneResult",
            "load_space", "parse_space", "tune"]

@@ -1,4 +1,5 @@
-"""``TuneConfig``: everything a hyperparameter search depends on (saved as ``STUDY_DIR/tune.json``)."""
+"""``TuneConfig``: everything a hyperparameter search depends on (saved as ``STUDY_DIR/tune.json``), and
+``TuneResult``, what a search returns."""
 
 from __future__ import annotations
 
@@ -76,3 +77,18 @@ class TuneConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+@dataclass
+class TuneResult:
+    """What :func:`edgetl.tune.tune` returns: the study's trials, its best trial and the files written."""
+
+    study_dir: Path
+    storage: str
+    trials: list[dict[str, Any]]
+    """One row per trial: number, state, values, params, duration_s, run, error."""
+    best: dict[str, Any] | None
+    """Best trial's row (single objective), or None."""
+    best_config: Path | None
+    report: Path | None
+    warnings: list[str]

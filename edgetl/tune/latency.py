@@ -6,13 +6,19 @@ Without a target, the trial's float ONNX model under onnxruntime on this CPU (qu
 get their engine compiled on this device, and the artifact is timed by ``edgetl bench``'s own
 measuring code with that target's runtime. A target whose runtime is not installed here is refused
 before the first trial: run the study on the device.
+
+:func:`model_latency_ms` is the quick figure for a model that is not a run yet (``edgetl prune
+--target-latency`` times each pruning step with it): built in memory by the target's toolchain, timed as a
+target build times its own quick latency (:func:`edgetl.evaluate.latency_p50_ms`).
 """
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from ..errors import ConfigError, TargetError
+from ..run.keys import BENCH, Precision
 
 
 def check_latency_target(target: str, precision: str | None) -> str:
@@ -52,7 +58,7 @@ def bench_p50_ms(artifact: Path, run_dir: Path, where: str) -> float:
     from ..bench import BenchConfig, benchmark
 
     config = BenchConfig(rounds=3, iterations=20, round_time_s=1.0, accuracy=False, memory=False, true_fp32=False,
-                         limit=8, output=str(run_dir / "bench"))
+                         limit=8, output=str(run_dir / str(BENCH)))
     report = benchmark(artifact, config, progress=False)
     for row in report.results:
         if row["status"] == "ok" and row["latency"]:
@@ -67,3 +73,33 @@ def onnx_latency_ms(run_dir: str | Path) -> float:
 
     path = export_onnx(run_dir, ExportConfig(parity_images=16)).path
     return bench_p50_ms(Path(path), Path(run_dir), "onnxruntime on this CPU")
+
+
+def model_latency_ms(model: Any, spec: Any, target: str, calibration: list, image: Any, *,
+                     precision: str | None = None, runs: int = 50) -> float:
+    """Batch-1 p50 (ms) of the torch ``model`` built for ``target`` by its own toolchain at ``precision`` (default:
+    the target's), INT8 calibrated on the labelled ``calibration`` samples (a few: enough for a latency figure,
+    not for an accuracy one), timed on ``image`` (a batch of one, preprocessed by ``spec``)."""
+    import tempfile
+
+    from ..build import TargetBuildConfig, check_build_config, quantization_block
+    from ..evaluate import latency_p50_ms
+    from ..export import ExportConfig, torch_to_onnx
+
+    config = TargetBuildConfig(target=target, precision=precision)
+    profile, precision, toolchain = check_build_config(config)
+    with tempfile.TemporaryDirectory(prefix="edgetl-latency-") as tmp:
+        path = Path(tmp) / "model.onnx"
+        torch_to_onnx(model.eval(), path, spec.input_size, ExportConfig())
+        built = toolchain.convert(path)
+        if precision == Precision.INT8:
+            from ..compress.quantize import get_backend
+
+            backend = get_backend(toolchain.quantizer)
+            built = backend.quantize(built, calibration, spec,
+                                     backend.settings(quantization_block(profile, config), f"{profile.name}.yaml"))
+        runner = toolchain.runner(built, toolchain.device(profile), toolchain.runner_options(profile, precision))
+        try:
+            return latency_p50_ms(runner, image, runs) or 0.0
+        finally:
+            runner.close()

@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from ..run.keys import StageKind
 from ..train.cache import SharedCache
 from .config import TuneConfig
 from .space import SearchSpace
@@ -131,7 +132,7 @@ def _mark_child(run_dir: Path, trial: Any, config: TuneConfig, pruned_at: int | 
     if not (run_dir / MANIFEST_NAME).is_file():
         return
     manifest = Manifest.load(run_dir)
-    manifest.set("parent", {"study": str(config.study_dir.resolve()), "stage": "tune", "trial": trial.number,
+    manifest.set("parent", {"study": str(config.study_dir.resolve()), "stage": StageKind.TUNE, "trial": trial.number,
                             "study_name": trial.study.study_name, "pruned_at_epoch": pruned_at})
     manifest.save()
 

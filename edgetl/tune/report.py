@@ -13,13 +13,15 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from .config import TuneConfig
+from .config import TuneConfig, TuneResult
 from .space import SearchSpace
 
 log = logging.getLogger(__name__)
 
 BEST_NAME, REPORT_NAME, TABLE_NAME = "best.yaml", "report.html", "trials.json"
 
+
+TRIAL_COMPLETE = "complete"  # an Optuna trial state as trials.json spells it (TrialState.COMPLETE, lower case)
 
 def trial_rows(study: Any) -> list[dict[str, Any]]:
     rows = []
@@ -54,9 +56,9 @@ def _short(value: Any) -> str:
     return f"{value:.3g}" if isinstance(value, float) else str(value)
 
 
-def write_outputs(study: Any, config: TuneConfig, space: SearchSpace, url: str, warnings: list[str]) -> Any:
+def write_outputs(study: Any, config: TuneConfig, space: SearchSpace, url: str, warnings: list[str]
+                  ) -> TuneResult:
     from .._io import write_json
-    from .study import TuneResult
 
     study_dir = config.study_dir.resolve()
     rows = trial_rows(study)
@@ -68,7 +70,7 @@ def write_outputs(study: Any, config: TuneConfig, space: SearchSpace, url: str, 
 
 
 def _best_row(study: Any, rows: list[dict[str, Any]], config: TuneConfig) -> dict[str, Any] | None:
-    complete = [r for r in rows if r["state"] == "complete"]
+    complete = [r for r in rows if r["state"] == TRIAL_COMPLETE]
     if not complete:
         return None
     if config.multi_objective:  # the most accurate point of the Pareto front
@@ -93,7 +95,7 @@ def write_best(study_dir: Path, config: TuneConfig, space: SearchSpace, best: di
 def write_report(study: Any, path: Path, rows: list[dict[str, Any]], config: TuneConfig) -> Path:
     from .._io import write_text
 
-    complete = [r for r in rows if r["state"] == "complete"]
+    complete = [r for r in rows if r["state"] == TRIAL_COMPLETE]
     importances = _importances(study, len(complete), config)
     parts = [f"<h1>edgetl tune: {html.escape(study.study_name)}</h1>",
              f"<p>{len(rows)} trials: " + ", ".join(f"{n} {s}" for s, n in _counts(rows).items()) + "</p>",
@@ -155,7 +157,7 @@ def _history_svg(rows: list[dict[str, Any]], width: int = 640, height: int = 240
                    for x, y, s in points)
     best, line = -1.0, []
     for x, y, s in points:
-        if s == "complete":
+        if s == TRIAL_COMPLETE:
             best = max(best, y)
         if best >= 0:
             line.append("%.1f,%.1f" % pos(x, best))

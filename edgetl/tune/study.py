@@ -9,30 +9,17 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .._outputs import STUDY_CONFIG
 from ..errors import ConfigError, MissingBackendError
-from .config import TuneConfig
+from .config import TuneConfig, TuneResult
 from .space import SearchSpace, load_space
 
 log = logging.getLogger(__name__)
 
-LOCK_NAME, CONFIG_NAME = ".ask.lock", "tune.json"
-
-
-@dataclass
-class TuneResult:
-    study_dir: Path
-    storage: str
-    trials: list[dict[str, Any]]
-    """One row per trial: number, state, values, params, duration_s, run, error."""
-    best: dict[str, Any] | None
-    """Best trial's row (single objective), or None."""
-    best_config: Path | None
-    report: Path | None
-    warnings: list[str]
+LOCK_NAME, CONFIG_NAME = ".ask.lock", STUDY_CONFIG
 
 
 def require_optuna() -> None:

@@ -40,9 +40,10 @@ def write_engine(folder: Path, sidecar: dict | None = None, **changes) -> Path:
 
 
 def check(sidecar_changes: dict, tmp_path: Path, trt_version: str = "10.3.0.30", cc: str = "8.7",
-          platform: str = "jetson") -> None:
+          platform: str = "jetson") -> tuple[str, str]:
+    """The rules that accepted the engine (TensorRT version, GPU), or the refusal."""
     engine = write_engine(tmp_path, **sidecar_changes)
-    check_sidecar(engine, read_sidecar(engine), engine_sha256=sha256(engine), tensorrt_version=trt_version,
+    return check_sidecar(engine, read_sidecar(engine), engine_sha256=sha256(engine), tensorrt_version=trt_version,
                   compute_capability=cc, platform=platform)
 
 
@@ -81,7 +82,9 @@ def test_fingerprint_of_another_engine_is_refused(tmp_path: Path):
 # -- TensorRT version -----------------------------------------------------------------------------------
 @pytest.mark.parametrize("built, here", [("10.3.0.30", "10.3.0.30"), ("10.3.0.26", "10.3.1"), ("10.3", "10.3.0.26")])
 def test_same_major_minor_tensorrt_is_accepted(tmp_path: Path, built: str, here: str):
-    check({"tensorrt_version": built}, tmp_path, trt_version=here)
+    assert check({"tensorrt_version": built}, tmp_path, trt_version=here) == ("same-minor", "same-sm")
+    # a version-compatible engine of the same minor is accepted by the same-minor rule, not the newer-version one
+    assert check({"tensorrt_version": built, "version_compatible": True}, tmp_path, trt_version=here)[0] == "same-minor"
 
 
 @pytest.mark.parametrize("built, here", [("10.2.0", "10.3.0"), ("8.6.1", "10.3.0"), ("10.13.0", "10.1.3")])
@@ -93,7 +96,8 @@ def test_other_tensorrt_version_is_refused(tmp_path: Path, built: str, here: str
 
 @pytest.mark.parametrize("here", ["10.12.0", "10.3.2", "10.16.1"])
 def test_version_compatible_engine_runs_on_a_newer_tensorrt(tmp_path: Path, here: str):
-    check({"tensorrt_version": "10.3.0", "version_compatible": True}, tmp_path, trt_version=here)
+    verdict = check({"tensorrt_version": "10.3.0", "version_compatible": True}, tmp_path, trt_version=here)
+    assert verdict == ("same-minor" if here.startswith("10.3.") else "version-compatible", "same-sm")
 
 
 @pytest.mark.parametrize("here", ["10.2.0", "11.4.0"])
@@ -108,13 +112,15 @@ def test_other_compute_capability_is_refused(tmp_path: Path):
     with pytest.raises(TargetError, match=r"model\.engine was built for compute capability 8\.6, this GPU is 8\.7: "
                                           r"rebuild it on this device"):
         check({"compute_capability": "8.6"}, tmp_path, cc="8.7")
-    check({"compute_capability": 8.9, "platform": "gpu"}, tmp_path, cc="8.9", platform="gpu")  # a JSON number
+    verdict = check({"compute_capability": 8.9, "platform": "gpu"}, tmp_path, cc="8.9", platform="gpu")  # a JSON number
+    assert verdict == ("same-minor", "same-sm")
 
 
 def test_ampere_plus_engine_runs_on_any_ampere_or_newer_gpu(tmp_path: Path):
     for cc in ("8.0", "8.9", "9.0", "12.0"):
-        check({"compute_capability": "8.6", "hardware_compatibility": "ampere+", "platform": "gpu"}, tmp_path,
-              cc=cc, platform="gpu")
+        verdict = check({"compute_capability": "8.6", "hardware_compatibility": "ampere+", "platform": "gpu"},
+                        tmp_path, cc=cc, platform="gpu")
+        assert verdict == ("same-minor", "ampere+"), cc
 
 
 def test_ampere_plus_engine_is_refused_on_turing(tmp_path: Path):
@@ -126,7 +132,7 @@ def test_ampere_plus_engine_is_refused_on_turing(tmp_path: Path):
 
 def test_same_compute_capability_level_still_needs_the_same_sm(tmp_path: Path):
     changes = {"compute_capability": "8.6", "hardware_compatibility": "same-compute-capability", "platform": "gpu"}
-    check(changes, tmp_path, cc="8.6", platform="gpu")
+    assert check(changes, tmp_path, cc="8.6", platform="gpu") == ("same-minor", "same-sm")
     with pytest.raises(TargetError, match="built for compute capability 8.6, this GPU is 8.9"):
         check(changes, tmp_path, cc="8.9", platform="gpu")
 

@@ -318,11 +318,11 @@ def test_keep_masks_survives_optimizer_steps():
 def test_narrow_groups_round_to_a_multiple_not_to_nothing():
     """Torch-Pruning rounds a kept count down, to 0 for a narrow group, and then leaves the group whole:
     Lite0's 32-channel stem at ratio 0.6 and round_to 16 must keep 16, not stay at 32."""
-    from edgetl.compress.prune.structured import _round_kept
+    from edgetl.compress.prune.structured import round_kept
 
-    assert _round_kept(19, 32, 16) == 16  # keeps 13 -> 16, not 0
-    assert _round_kept(58, 96, 16) == 64  # keeps 38 -> 32
-    assert _round_kept(0, 8, 16) == 0  # narrower than round_to: nothing to remove
+    assert round_kept(19, 32, 16) == 16  # keeps 13 -> 16, not 0
+    assert round_kept(58, 96, 16) == 64  # keeps 38 -> 32
+    assert round_kept(0, 8, 16) == 0  # narrower than round_to: nothing to remove
     bundle = build_model("efficientnet_lite0", 2, pretrained=True, image_size=SIZE)
     prune_model(bundle.model, example(), PruneSettings(ratio=0.6, round_to=16), bundle.head)
     assert bundle.model.conv_stem.out_channels == 16

@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 from collections import Counter
 
-import numpy as np
 import pytest
 from conftest import make_image_folder
 
@@ -42,20 +41,21 @@ def test_calibration_images_of_other_classes_are_refused(tiny_run, tmp_path):
 def test_sensitivity_report_ranks_quantized_layers(tiny_run):
     from edgetl.backends.openvino import OpenVINORunner, convert_onnx
     from edgetl.compress.quantize import calibration_samples, quantize_ptq, sensitivity_report
+    from edgetl.data import load_array, run_eval_samples
     from edgetl.preprocessing import PreprocessSpec
 
     manifest = Manifest.load(tiny_run)
     spec = PreprocessSpec.from_dict(manifest.data["preprocessing"])
     float_model = convert_onnx(tiny_run / "onnx" / "model.onnx")
     int8 = quantize_ptq(float_model, calibration_samples(manifest, None, 12), spec)
-    images = np.random.default_rng(0).normal(size=(4, 3, 32, 32)).astype(np.float32)
+    images, _ = load_array(run_eval_samples(manifest), spec)  # the run's val images, preprocessed as bench does
     precisions = OpenVINORunner.from_model(int8).layer_precisions(original_names=True)
     report = sensitivity_report(float_model, int8, images, precisions)
     layers = report["layers"]
-    assert report["images"] == 4 and len(layers) > 10
-    assert [r["added_db"] for r in layers] == sorted((r["added_db"] for r in layers), reverse=True)
-    assert all(0 <= r["nmse"] < 10 and -1 <= r["cosine"] <= 1 for r in layers)
-    # quantization really changed something, and the layers mostly run in INT8
-    assert max(r["nmse"] for r in layers) > 0
-    assert Counter(r["runs_in"] for r in layers).most_common(1)[0][0] == "int8"
-    assert report["worst_layers"] == [r["layer"] for r in layers[:5]]
+    assert report["images"] == len(images) == 9 and len(layers) > 10
+    # INT8 error enters at a few layers: the worst one loses dB of its own, and its output error is far
+    # above the median layer's (a report comparing float with float, or ranked backwards, fails here)
+    nmse = sorted(r["nmse"] for r in layers)
+    assert layers[0]["added_db"] > 3 and layers[0]["nmse"] > 10 * nmse[len(nmse) // 2] > 0, layers[:3]
+    assert report["final_layer_sqnr_db"] > 20  # yet the logits keep most of their signal
+    assert Counter(r["runs_in"] for r in layers).most_common(1)[0][0] == "int8"  # the layers mostly run in INT8

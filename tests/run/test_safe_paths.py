@@ -109,7 +109,6 @@ def test_export_refuses_a_malicious_checkpoint(run: Path, tmp_path: Path):
 
 
 def test_shared_feature_cache_ignores_a_malicious_entry(tmp_path: Path, caplog):
-    from edgetl._io import sha256, write_json
     from edgetl.train.cache import SharedCache, feature_key
 
     marker, folder = tmp_path / "pwned", tmp_path / "cache"
@@ -119,7 +118,8 @@ def test_shared_feature_cache_ignores_a_malicious_entry(tmp_path: Path, caplog):
     key = feature_key("digest", {}, samples)
     folder.mkdir()
     torch.save({"features": _Payload(marker)}, folder / f"features-{key}.pt")
-    write_json(folder / f"features-{key}.json", {"sha256": sha256(folder / f"features-{key}.pt"), "images": 1})
+    digest = hashlib.sha256((folder / f"features-{key}.pt").read_bytes()).hexdigest()
+    (folder / f"features-{key}.json").write_text(json.dumps({"sha256": digest, "images": 1}))
     fresh = (torch.zeros(1, 2), torch.zeros(1))
     assert SharedCache(folder).features("digest", {}, samples, lambda: fresh) is fresh  # computed again
     assert not marker.exists() and "weights_only" not in caplog.text

@@ -7,8 +7,9 @@ from .architecture import apply_architecture, architecture_record
 from .counting import count_macs
 from .reconstruct import reconstruct_layers, reconstructable_layers
 from .sparsity import MaskKeeper, apply_semi_structured_2_4, keep_masks, sparsity_2_4_fraction
-from .structured import PruneSettings, StructuredPruner, import_torch_pruning, prune_model
+from ._tp import import_torch_pruning
+from .structured import PruneSettings, StructuredPruner, prune_model
 
 __all__ = ["MaskKeeper", "PruneSettings", "StructuredPruner", "apply_architecture", "apply_semi_structured_2_4",
-           "architecture_record", "count_macs", "import_torch_pruning", "keep_masks", "prune_model", "reconstruct_layers", "reconstructable_layers",
-           "sparsity_2_4_fraction"]
+           "architecture_record", "count_macs", "import_torch_pruning", "keep_masks", "prune_model",
+           "reconstruct_layers", "reconstructable_layers", "sparsity_2_4_fraction"]

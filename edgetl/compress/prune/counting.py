@@ -28,7 +28,7 @@ def count_macs(model: Any, example_inputs: Any) -> dict[str, Any]:
     import torch
     from torch.utils.flop_counter import FlopCounterMode
 
-    from .structured import as_forward_args, import_torch_pruning
+    from ._tp import as_forward_args, import_torch_pruning
 
     tp = import_torch_pruning()
     args = as_forward_args(example_inputs)

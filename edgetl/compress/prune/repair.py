@@ -76,7 +76,8 @@ def reconstruction_importance(model: Any, batches: list[Any]) -> Any:
     """A Torch-Pruning importance ranking each channel by how well its consumers can be re-solved without it
     (:mod:`~edgetl.compress.prune.selection`), magnitude for groups no 1x1 / Linear layer consumes."""
     from .selection import ReconstructionImportance, consumer_layers, input_grams
-    from .structured import import_torch_pruning, make_importance
+    from ._tp import import_torch_pruning
+    from .structured import make_importance
 
     grams = input_grams(model, consumer_layers(model), lambda: iter(batches))
     return ReconstructionImportance(grams, make_importance(import_torch_pruning(), "magnitude"))

@@ -20,7 +20,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from .structured import _channels
+from ._tp import channels
 
 RIDGE = 1e-3
 """Ridge strength relative to the mean of the Gram diagonal (keeps P well conditioned)."""
@@ -95,16 +95,6 @@ def elimination_scores(weight: Any, gram: Any, ridge: float = RIDGE) -> Any:
     return scores
 
 
-def reconstruction_scores(model: Any, batches: Callable[[], Iterable[Any]], layers: list[str] | None = None,
-                          ridge: float = RIDGE) -> dict[str, Any]:
-    """``{consumer layer: score per input channel}`` for ``layers`` (default :func:`consumer_layers`)."""
-    layers = consumer_layers(model) if layers is None else layers
-    modules = dict(model.named_modules())
-    grams = input_grams(model, layers, batches)
-    return {name: elimination_scores(modules[name].weight, grams[name], ridge).float()
-            for name in layers if name in grams}
-
-
 class ReconstructionImportance:
     """A Torch-Pruning importance: a group's channels scored by :func:`elimination_scores` of the layers that
     consume them (by module name; summed when several do); groups no such layer consumes fall back to
@@ -126,7 +116,7 @@ class ReconstructionImportance:
             name = graph._module2name.get(module, "")
             gram = self.grams.get(name)
             if gram is None or graph.is_out_channel_pruning_fn(dep.handler) or len(idxs) != root \
-                    or gram.shape[0] != _channels(module, "in"):
+                    or gram.shape[0] != channels(module, "in"):
                 continue
             if name not in self.scores:
                 self.scores[name] = elimination_scores(module.weight, gram, self.ridge).float()

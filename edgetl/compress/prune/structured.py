@@ -27,19 +27,11 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 from ...errors import ConfigError, EdgetlError, ModelError, did_you_mean
+from ._tp import as_forward_args, channels, import_torch_pruning
 
 log = logging.getLogger(__name__)
-TORCH_PRUNING_MIN_VERSION = "1.4"
 TRACE_ADVICE = ("Torch-Pruning runs the model on the example input with autograd on and follows the graph back; "
                 "check that the model runs on that input, or choose a backbone it can trace")
-
-
-def import_torch_pruning() -> Any:
-    """``torch_pruning``, or :class:`MissingBackendError` with the install hint."""
-    from ..._lazy import lazy_import
-
-    return lazy_import("torch_pruning", extra="prune", package="torch-pruning", purpose="structured pruning",
-                       min_version=TORCH_PRUNING_MIN_VERSION)
 
 
 @dataclass
@@ -108,7 +100,7 @@ def _is_ratio(value: Any) -> bool:
             and 0 < value < 1)
 
 
-def _round_kept(n_pruned: int, current: int, round_to: int) -> int:
+def round_kept(n_pruned: int, current: int, round_to: int) -> int:
     """Channels to remove so that a multiple of ``round_to`` stays, and at least ``round_to``.
 
     Torch-Pruning rounds the kept count down, to 0 for a narrow group (32 channels at ratio 0.6 keep 12.8
@@ -157,7 +149,7 @@ class StructuredPruner:
                 raise
             except Exception as exc:
                 raise ModelError(failure_message(model, exc, "build the dependency graph of", TRACE_ADVICE)) from exc
-        self._pruner._round_to = _round_kept  # the test on Lite0's stem fails if Torch-Pruning renames it
+        self._pruner._round_to = round_kept  # the test on Lite0's stem fails if Torch-Pruning renames it
         if getattr(self._pruner, "initial_total_channels", None) == 0:
             raise ModelError(f"Torch-Pruning found no prunable channel group in {type(model).__name__}: every conv/"
                              "linear layer is ignored, or its forward has no autograd history (detached, run under "
@@ -216,7 +208,7 @@ class StructuredPruner:
             side = "out" if graph.is_out_channel_pruning_fn(dep.handler) else "in"
             record = self.kept_outputs if side == "out" else self.kept_inputs
             removed = {int(getattr(i, "idx", i)) for i in idxs}
-            current = record.get(name) or list(range(_channels(dep.target.module, side)))
+            current = record.get(name) or list(range(channels(dep.target.module, side)))
             record[name] = [c for i, c in enumerate(current) if i not in removed]
 
     def _backward(self, loss_fn: Callable[[Any], Any]) -> None:
@@ -326,21 +318,7 @@ def group_ratios(tp: Any, model: Any, args: tuple[Any, ...], layer_ratios: dict[
     return ratios
 
 
-def _channels(module: Any, side: str = "out") -> int:
-    """A module's output (``side="out"``) or input (``"in"``) channel count."""
-    for attr in (f"{side}_channels", f"{side}_features", "num_features", "num_parameters"):
-        if isinstance(getattr(module, attr, None), int):
-            return getattr(module, attr)
-    return int(module.weight.shape[0 if side == "out" else 1])
-
-
 # -- helpers -----------------------------------------------------------------------------------------------
-
-def as_forward_args(example_inputs: Any) -> tuple[Any, ...]:
-    """The forward arguments: a tensor becomes a 1-tuple (Torch-Pruning would otherwise first try
-    ``model(*tensor)``, i.e. the unbatched first image, and retry only when that fails)."""
-    return tuple(example_inputs) if isinstance(example_inputs, (tuple, list)) else (example_inputs,)
-
 
 def resolve_ignored(model: Any, heads: list[str], ignored: tuple[str, ...] | list[str],
                     what: str = "pruning ignored layer") -> list[str]:

@@ -1,4 +1,4 @@
-"""``edgetl prune`` and ``edgetl tune``: the commands that make new runs from a run or a dataset."""
+"""``edgetl prune``: a smaller child run from a run; ``edgetl tune``: a search of fine-tuning options."""
 
 from __future__ import annotations
 
@@ -6,12 +6,13 @@ from pathlib import Path
 
 import click
 
-from .cli import _run_or_latest, cli, handle_errors
+from ._common import Command, handle_errors, run_or_latest
+from .args import output_field, precision_field, threads_field
 
 
 def _prune_options(command):
-    from .config import Opt, options_from
-    from .prune import IMPORTANCES, PruneConfig
+    from ..config import Opt, options_from
+    from ..prune import IMPORTANCES, PruneConfig
 
     return options_from(PruneConfig, custom={
         "ratio": Opt(type=click.FloatRange(0, 1, min_open=True, max_open=True)),
@@ -22,13 +23,17 @@ def _prune_options(command):
         "keep": Opt(multiple=True, help="Module name kept whole, besides the classifier (repeatable)."),
         "feature_layers": Opt(multiple=True, help="With --feature-weight, also match this module's output to the "
                               "parent's (a name or pattern; repeatable)."),
-        "output": Opt(decls=("-o", "--output"), type=click.Path(path_type=Path)),
+        "output": output_field("The new run folder [default: PARENT-pruned beside the parent]."),
+        "target": Opt(("--latency-target",), help="Device profile that --max-latency is measured on "
+                      "(see `edgetl targets`)."),
+        "target_latency": Opt(("--max-latency",), help="Prune until batch-1 latency on --latency-target is at "
+                              "most this, e.g. 0.6ms (measured on this machine)."),
         "round_to": Opt(type=click.IntRange(min=1)),
         "patience": Opt(type=click.IntRange(min=0), to_field=lambda v: v or None),
     })(command)
 
 
-@cli.command()
+@click.command("prune", cls=Command, renamed={"--target": "--latency-target", "--target-latency": "--max-latency"})
 @click.argument("run", type=click.Path(path_type=Path), required=False)
 @click.option("--overwrite", is_flag=True, help="Replace an existing pruned run folder at --output.")
 @handle_errors
@@ -39,12 +44,12 @@ def prune(run, overwrite, values, given) -> None:
     RUN defaults to the latest run under ./runs. The pruned run is an ordinary run: export it, build
     it for any target, and bench it beside its parent (edgetl bench PARENT CHILD).
     """
-    from .config import build
-    from .prune import PruneConfig
-    from .prune import prune as prune_run
+    from ..config import build
+    from ..prune import PruneConfig
+    from ..prune import prune as prune_run
 
     config = build(PruneConfig, values)  # a bad option is reported before a run is looked for
-    result = prune_run(_run_or_latest(run), config, overwrite=overwrite)
+    result = prune_run(run_or_latest(run), config, overwrite=overwrite)
     m = result.metrics
     click.echo(f"{result.run_dir}: {100 * m['macs_reduction']:.1f}% fewer MACs ({m['macs_before'] / 1e9:.3f}G -> "
                f"{m['macs_after'] / 1e9:.3f}G), params {m['params_before'] / 1e6:.2f}M -> {m['params_after'] / 1e6:.2f}M, "
@@ -54,23 +59,24 @@ def prune(run, overwrite, values, given) -> None:
 
 
 def _tune_options(command):
-    from .config import Opt, options_from
-    from .tune.config import OBJECTIVES, PRUNERS, SAMPLERS, TuneConfig
+    from ..config import Opt, options_from
+    from ..tune.config import OBJECTIVES, PRUNERS, SAMPLERS, TuneConfig
 
     return options_from(TuneConfig, skip=("data",), custom={
         "trials": Opt(type=click.IntRange(min=1)),
         "timeout": Opt(type=click.FloatRange(min=0, min_open=True)),
         "space": Opt(type=click.Path(path_type=Path, dir_okay=False)),
-        "output": Opt(("-o", "--output"), type=click.Path(path_type=Path)),
+        "output": output_field("Study folder [default: runs/DATA-tune]."),
         "sampler": Opt(type=click.Choice(SAMPLERS)),
         "pruner": Opt(type=click.Choice(PRUNERS)),
         "objective": Opt(type=click.Choice(OBJECTIVES)),
-        "workers": Opt(type=click.IntRange(min=1)),
-        "threads": Opt(type=click.IntRange(min=1)),
+        "latency_precision": precision_field("Precision of the --latency-target build [default: the target's]."),
+        "workers": Opt(("--jobs",), type=click.IntRange(min=1), help="Trials run at once, each in its own process."),
+        "threads": threads_field(),
     })(command)
 
 
-@cli.command()
+@click.command("tune", cls=Command, renamed={"--workers": "--jobs"})
 @click.argument("data", type=click.Path(path_type=Path), required=False)
 @handle_errors
 @_tune_options
@@ -81,10 +87,10 @@ def tune(data, values, given) -> None:
     best.yaml (edgetl finetune --config best.yaml), report.html and trials.json; browse the storage
     with optuna-dashboard (see docs/tune.md). Needs pip install 'edgetl[tune]'.
     """
-    from .config import build
-    from .tune.config import TuneConfig
-    from .tune.report import format_table
-    from .tune.study import tune as run_tune
+    from ..config import build
+    from ..tune.config import TuneConfig
+    from ..tune.report import format_table
+    from ..tune.study import tune as run_tune
 
     data = data or values.get("data")
     if data is None:
