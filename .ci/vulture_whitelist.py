@@ -40,3 +40,6 @@ _.max_num_iterations  # nncf AdvancedAccuracyRestorerParameters
 _.maxstring, _.maxother, _.maxlist, _.maxdict, _.maxlevel  # reprlib.Repr (edgetl/config.py)
 _.aux_logits  # torchvision Inception3 (edgetl/models.py)
 _.uid, _.gid, _.uname, _.gname  # tarfile.TarInfo (edgetl/package.py)
+
+# enum members named only through their values (JSON, click choices: Precision.values())
+_.FP16  # edgetl/run/keys.py Precision

@@ -15,10 +15,11 @@ from collections import Counter, defaultdict
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
-from .errors import ConfigError, DatasetError
+from .errors import ConfigError, DatasetError, RunFolderError
 from .run.keys import FINETUNE
 from .run.manifest import MANIFEST_NAME
 
@@ -447,3 +448,19 @@ def load_array(samples: list[tuple[Path, int]], spec, limit: int | None = None) 
     chosen = samples[:limit] if limit else samples
     batches = list(iter_batches(chosen, spec, max(1, len(chosen))))
     return batches[0]
+
+
+def load_run_splits(manifest: Any, options: dict[str, Any]) -> DatasetSplits:
+    """The run's frozen train and val images (:class:`DatasetSplits`) for a training that continues
+    it: resumed, or a pruned child's recovery. A run made before splits were frozen: recomputed from
+    ``options`` (its recorded ``finetune`` options) as it was then."""
+    from .run.split import SPLIT_NAME
+
+    if (manifest.data.get("dataset") or {}).get("split") == SPLIT_NAME:
+        train, val = run_eval_samples(manifest, split="train"), run_eval_samples(manifest, split="val")
+        return DatasetSplits(manifest.classes, train, val, manifest.data["dataset"].get("val_source", ""), [])
+    splits = load_splits(options["data"], val=options.get("val"), val_fraction=options.get("val_fraction", 0.2),
+                         seed=options.get("seed", 0), strict=options.get("strict", False), shared_rng=True)
+    if splits.classes != manifest.classes:
+        raise RunFolderError(f"the dataset's classes {splits.classes} are not the run's {manifest.classes}")
+    return splits

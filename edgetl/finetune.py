@@ -26,7 +26,7 @@ from .run.split import SPLIT_NAME, write_split
 from .train import distributed
 from .train.cache import SharedCache
 from .train.callbacks import LAST, PromoteStaging
-from .train.settings import RESUMABLE, TrainSettings, default_lr, recorded_settings, resumed_options  # noqa: F401
+from .train.settings import RESUMABLE, TrainSettings, recorded_settings, resumed_options  # noqa: F401
 from .train.stage import BUSY, check_resumable, resume_training, train_stage
 from .train.strategies import STRATEGIES, layer_groups  # noqa: F401  (layer_groups: public helper)
 from .train.trainer import FinetuneResult, Trainer  # noqa: F401  (FinetuneResult: public)
@@ -135,10 +135,6 @@ class FinetuneConfig:
     def run_name(self) -> str:
         """Default run folder name: ``DATASET-MODEL``."""
         return f"{Path(self.data).resolve().name}-{self.model.replace(':', '-')}"
-
-    @property
-    def head_lr(self) -> float:
-        return self.lr if self.lr is not None else default_lr(self.strategy)
 
     def to_dict(self) -> dict[str, Any]:
         """What the run's finetune stage records as its options (and a worker process rebuilds it from)."""
@@ -256,12 +252,12 @@ def _launch(run_dir: Path, nproc: int, job: WorkerJob) -> FinetuneResult:
     """Run ``job`` in ``nproc`` processes; on a failure, leave the run resumable and say so."""
     from .run.lock import stage_busy
     from .run.manifest import is_run_folder
-    from .run.newrun import _remove_abandoned
+    from .run.newrun import remove_abandoned
 
     try:
         return distributed.launch(nproc, _worker, job)
     except distributed.WorkerFailedError as exc:
-        _remove_abandoned(run_dir)  # a staged run that never finished its first epoch
+        remove_abandoned(run_dir)  # a staged run that never finished its first epoch
         if is_run_folder(run_dir) and not stage_busy(run_dir, FINETUNE):
             manifest = Manifest.load(run_dir)
             if (manifest.stage(FINETUNE) or {}).get("status") in (Status.RUNNING, Status.FAILED):

@@ -261,7 +261,7 @@ class _Parent:
         from .preprocessing import PreprocessSpec
         from .run.integrity import require_current
         from .run.manifest import Manifest, is_run_folder
-        from .run.split import load_run_splits
+        from .data import load_run_splits
         from .run.stage import verify_inputs
 
         if not is_run_folder(run_dir):
@@ -347,7 +347,7 @@ def _prune_into(staging: Any, lock: Any, parent: _Parent, config: PruneConfig, p
     record = {**parent.manifest.model, "parameters": pruned.after["params"],
               "pruned": {"parent": str(parent.run_dir.resolve()), "macs": standard_macs(pruned.after)}}
     # the parent's checkpoint is the parent's file: the lineage records it, not this run's stage inputs
-    child = create_child(parent.run_dir, staging.path, stage=PRUNE, model=record, inputs=parent.inputs)
+    child = create_child(parent.run_dir, staging.path, stage=str(PRUNE), model=record, inputs=parent.inputs)
     with stage(child, PRUNE, config.to_dict(), {}) as st:
         points = job.feature_points()
         loss = distillation(job.teacher, job.student, config, points, parent.settings.label_smoothing)

@@ -9,8 +9,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from textwrap import indent
 
-import pytest
-
 
 PACKAGE = Path(__file__).resolve().parents[1] / "edgetl"
 MAX_MODULE_LINES = 500
@@ -199,10 +197,6 @@ def test_no_function_is_too_long():
     assert not long, f"functions over {MAX_FUNCTION_LINES} lines: {long}"
 
 
-# The xfail marks: offenders in modules of the refactor in progress (issue 22). Whoever fixes the last one
-# removes the mark (strict: once the test passes, the mark fails it); `pytest --runxfail` lists them.
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason="edgetl.data <-> edgetl.run (split, integrity) "
-                   "<-> edgetl.stages")
 def test_no_import_cycle():
     graph = {name: _import_edges(m) for name, m in MODULES.items()}
     cycles = [" <-> ".join(c) + " (" + ", ".join(f"{MODULES[a].where}:{graph[a][b]} -> {b}"
@@ -212,7 +206,6 @@ def test_no_import_cycle():
         "\n".join(cycles)
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason="finetune imports run.newrun._remove_abandoned")
 def test_no_private_name_is_imported_from_another_module():
     found = sorted(line for m in MODULES.values() for line in _private_imports(m))
     assert not found, "private names used outside their module (make them public with a docstring, or move " \

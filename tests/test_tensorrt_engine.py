@@ -15,11 +15,13 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
+from click.testing import CliRunner
 
 from edgetl._io import sha256, write_json
 from edgetl._lazy import version_tuple
 from edgetl.backends import _cuda
 from edgetl.backends import tensorrt as trt_backend
+from edgetl.cli import cli
 from edgetl.errors import (ConfigError, IntegrityError, MissingBackendError, ModelError, RunFolderError,
                            TargetError)
 from edgetl.run.manifest import Manifest
@@ -503,6 +505,18 @@ def test_a_changed_onnx_is_refused(tmp_path, device):
     (folder / "model.qdq.fp16.onnx").unlink()
     with pytest.raises(RunFolderError, match=r"model\.qdq\.fp16\.onnx is missing: copy the whole artifact folder"):
         compile_engine(folder)
+
+
+def test_no_verify_builds_an_edited_onnx_of_a_run_and_records_its_bytes(tmp_path, device):
+    run = make_run(tmp_path)
+    onnx = run / "jetson" / "int8" / "model.qdq.onnx"
+    onnx.write_bytes(onnx.read_bytes() + b" ")  # edited on purpose
+    with pytest.raises(IntegrityError, match="does not match the sha256"):
+        compile_engine(run)
+    result = CliRunner().invoke(cli, ["compile", str(run), "--no-verify"])
+    assert result.exit_code == 0, result.output
+    record = Manifest.load(run).stage("jetson:int8:engine")
+    assert record["inputs"] == {"jetson/int8/model.qdq.onnx": sha256(onnx)}
 
 
 def test_without_tensorrt_or_gpu_says_where_compile_runs(tmp_path, device, monkeypatch):

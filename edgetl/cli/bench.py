@@ -8,7 +8,7 @@ from pathlib import Path
 import click
 
 from ._common import Command, handle_errors, run_or_latest
-from .args import output_field, threads_field
+from .args import output_field, overwrite_option, threads_field
 
 
 def _bench_options(command):
@@ -39,7 +39,7 @@ def _bench_options(command):
 
 @click.command("bench", cls=Command, renamed={"--batch": "--batch-size"})
 @click.argument("inputs", nargs=-1, type=click.Path(path_type=Path))
-@click.option("--overwrite", is_flag=True, help="Replace the edgetl bench reports at -o (only edgetl's reports).")
+@overwrite_option("the edgetl bench reports at -o (only edgetl's reports)")
 @handle_errors
 @_bench_options
 def bench(inputs, overwrite, values, given) -> None:

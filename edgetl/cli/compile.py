@@ -6,7 +6,7 @@ from __future__ import annotations
 import click
 
 from ._common import Command, handle_errors, run_or_latest
-from .args import output_field, run_argument
+from .args import output_field, overwrite_option, run_argument, verify_option
 
 
 def _compile_options(command):
@@ -23,10 +23,11 @@ def _compile_options(command):
 
 @click.command("compile", cls=Command)
 @run_argument("source")
-@click.option("--overwrite", is_flag=True, help="Replace the engine edgetl built at --output (only such an engine).")
+@overwrite_option("the engine edgetl built at --output (only such an engine)")
+@verify_option("Build from")
 @handle_errors
 @_compile_options
-def compile_command(source, overwrite, values, given) -> None:
+def compile_command(source, overwrite, no_verify, values, given) -> None:
     """Build the TensorRT engine of a jetson / nvidia-gpu export, on the device that will run it.
 
     SOURCE is a run folder (its TARGET/PRECISION export; default: the latest run under ./runs) or an
@@ -38,7 +39,8 @@ def compile_command(source, overwrite, values, given) -> None:
     from ..toolchains.tensorrt_engine import compile_engine
     from ..toolchains.trt_settings import CompileConfig
 
-    result = compile_engine(run_or_latest(source), build(CompileConfig, values), overwrite=overwrite)
+    result = compile_engine(run_or_latest(source), build(CompileConfig, values), overwrite=overwrite,
+                            verify=not no_verify)
     fallback = f", {len(result.gpu_fallback_layers)} layer(s) fell back to the GPU" if result.gpu_fallback_layers else ""
     click.echo(f"{result.engine}: {result.executed_precision or result.precision} on {result.device}"
                f"{' (strongly typed)' if result.strongly_typed else ''}, built in {result.build_s:.0f} s{fallback}; "

@@ -8,7 +8,7 @@ import click
 
 from ..run.keys import Precision
 from ._common import Command, handle_errors, run_or_latest
-from .args import output_field, precision_field, run_argument
+from .args import output_field, overwrite_option, precision_field, run_argument
 
 
 def _package_options(command):
@@ -26,7 +26,7 @@ def _package_options(command):
 
 @click.command("package", cls=Command)
 @run_argument()
-@click.option("--overwrite", is_flag=True, help="Replace the edgetl bundle at -o (only an edgetl bundle).")
+@overwrite_option("the edgetl bundle at -o (only an edgetl bundle)")
 @handle_errors
 @_package_options
 def package_command(run, overwrite, values, given) -> None:

@@ -7,7 +7,7 @@ from pathlib import Path
 import click
 
 from ._common import Command, handle_errors, run_or_latest
-from .args import output_field, precision_field, threads_field
+from .args import output_field, overwrite_option, precision_field, threads_field
 
 
 def _prune_options(command):
@@ -35,7 +35,7 @@ def _prune_options(command):
 
 @click.command("prune", cls=Command, renamed={"--target": "--latency-target", "--target-latency": "--max-latency"})
 @click.argument("run", type=click.Path(path_type=Path), required=False)
-@click.option("--overwrite", is_flag=True, help="Replace an existing pruned run folder at --output.")
+@overwrite_option("an existing pruned run folder at --output")
 @handle_errors
 @_prune_options
 def prune(run, overwrite, values, given) -> None:

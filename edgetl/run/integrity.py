@@ -21,10 +21,11 @@ from .safe_paths import run_file
 
 
 def rerun_hint(stage: str | StageKey, run_dir: Path) -> str:
-    """The command that (re)produces ``stage`` (each stage says, through the stage table)."""
-    from ..stages import rerun_hint as hint
+    """The command that (re)produces ``stage``: each stage says, through the stage table (:mod:`edgetl.stages`,
+    a layer above this one, so looked up by name when a hint is needed, never imported with the run API)."""
+    import importlib
 
-    return hint(stage, run_dir)
+    return importlib.import_module("edgetl.stages").rerun_hint(stage, run_dir)
 
 
 def verified_file(manifest: Manifest, rel: str, *, verify: bool = True) -> tuple[Path, str]:
@@ -52,11 +53,6 @@ def verified_file(manifest: Manifest, rel: str, *, verify: bool = True) -> tuple
                              f"edgetl wrote it): re-run `{rerun_hint(stage_name, manifest.run_dir)}`, or pass "
                              "--no-verify if you changed it on purpose")
     return path, actual
-
-
-def verify_stage_files(manifest: Manifest, stage: str, *, verify: bool = True) -> dict[str, str]:
-    """Check every file ``stage`` recorded; their sha256s by run-relative path."""
-    return {rel: verified_file(manifest, rel, verify=verify)[1] for rel in manifest.recorded_files(stage)}
 
 
 def stale_reason(manifest: Manifest, stage: str | StageKey, _seen: frozenset[str] = frozenset()) -> str | None:

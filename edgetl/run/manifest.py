@@ -152,10 +152,6 @@ class Manifest:
         """The stages recorded, as keys (names no edgetl version writes are left out)."""
         return [key for name in self.stages if (key := try_parse(name)) is not None]
 
-    def builds(self, target: str) -> list[StageKey]:
-        """The target builds of ``target`` recorded in this run, in recording order."""
-        return [key for key in self.keys() if key.kind == "build" and key.target == target]
-
     def require(self, name: str | StageKey, hint: str) -> dict[str, Any]:
         """The completed stage ``name`` or a :class:`RunFolderError` saying how to produce it."""
         stage = self.stage(name)

@@ -80,7 +80,7 @@ class RunStaging:
             self._old_lock = StageLock(final, FINETUNE).acquire("it cannot be replaced while it trains")
         try:  # so that a refusal leaves no staging folder behind)
             final.parent.mkdir(parents=True, exist_ok=True)
-            _remove_abandoned(final)
+            remove_abandoned(final)
             self.path = Path(tempfile.mkdtemp(prefix=f"{STAGING_PREFIX}{final.name}-", dir=final.parent))
             os.chmod(self.path, 0o777 & ~current_umask())
         except BaseException:
@@ -111,7 +111,7 @@ class RunStaging:
             self._old_lock = None
 
 
-def _remove_abandoned(final: Path) -> None:
+def remove_abandoned(final: Path) -> None:
     """Staging folders of killed runs for the same output (their stage lock is free)."""
     from .lock import stage_busy
 

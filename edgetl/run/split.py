@@ -77,18 +77,3 @@ def copy_split(parent_dir: Path, child_dir: Path) -> Path:
     shutil.copyfile(Path(parent_dir) / SPLIT_NAME, target)
     return target
 
-
-def load_run_splits(manifest: Any, options: dict[str, Any]) -> Any:
-    """The run's frozen train and val images (:class:`~edgetl.data.DatasetSplits`) for a training that continues
-    it: resumed, or a pruned child's recovery. A run made before splits were frozen: recomputed from
-    ``options`` (its recorded ``finetune`` options) as it was then."""
-    from ..data import DatasetSplits, load_splits, run_eval_samples
-
-    if (manifest.data.get("dataset") or {}).get("split") == SPLIT_NAME:
-        train, val = run_eval_samples(manifest, split="train"), run_eval_samples(manifest, split="val")
-        return DatasetSplits(manifest.classes, train, val, manifest.data["dataset"].get("val_source", ""), [])
-    splits = load_splits(options["data"], val=options.get("val"), val_fraction=options.get("val_fraction", 0.2),
-                         seed=options.get("seed", 0), strict=options.get("strict", False), shared_rng=True)
-    if splits.classes != manifest.classes:
-        raise RunFolderError(f"the dataset's classes {splits.classes} are not the run's {manifest.classes}")
-    return splits

@@ -18,7 +18,8 @@ class Compile(Stage):
     command_path = "edgetl.cli.compile:compile_command"
 
     def inputs(self, key: StageKey) -> tuple[str, ...]:
-        return (f"{key.target}/{key.precision}/build.json",)
+        build = key.built_from or key
+        return (f"{build.target}/{build.precision}/build.json",)
 
     def rerun_hint(self, key: StageKey, run_dir: Path) -> str:
         return f"edgetl {self.command} {run_dir} --target {key.target} --precision {key.precision} (on the device)"

@@ -164,13 +164,14 @@ class _Source:
     manifest: Manifest | None = None
 
 
-def compile_engine(source: str | Path, config: CompileConfig | None = None, *, overwrite: bool = False
-                   ) -> CompileResult:
+def compile_engine(source: str | Path, config: CompileConfig | None = None, *, overwrite: bool = False,
+                   verify: bool = True) -> CompileResult:
     """Build the TensorRT engine of an export on this device: ``source`` is a run folder (its
     ``TARGET/PRECISION`` export) or an artifact folder (the ONNX files + build.json, e.g. copied to a Jetson).
 
     ``config.output`` (and its fingerprint and layer report beside it) must be new, or an engine edgetl
-    built, replaced only with ``overwrite``; the default engine is replaced by a rerun (see edgetl._outputs)."""
+    built, replaced only with ``overwrite``; the default engine is replaced by a rerun (see edgetl._outputs).
+    The ONNX is checked against the sha256 its export recorded (``verify=False``: used anyway, with a warning)."""
     from .._outputs import ENGINE, claim_output, run_data_roots
 
     config = config or CompileConfig()
@@ -190,11 +191,11 @@ def compile_engine(source: str | Path, config: CompileConfig | None = None, *, o
     if settings.hardware_compatibility == "same-compute-capability" and version < (10, 9):
         raise ConfigError(f"--hardware-compatibility same-compute-capability needs TensorRT >= 10.9, this is "
                           f"{trt.__version__}")
-    onnx, onnx_sha256 = _verified_onnx(src, typed)
+    onnx, onnx_sha256 = _verified_onnx(src, typed, verify)
     job = _Job(trt, src, settings, typed, onnx, onnx_sha256, engine, gpu, config.device)
     if src.manifest is None:
         return job.run()
-    return _recorded(job, config)
+    return _recorded(job, config, verify)
 
 
 def engine_settings(src: _Source, config: CompileConfig) -> EngineSettings:
@@ -295,7 +296,7 @@ def _is_tensorrt_export(folder: Path) -> bool:
         return False
 
 
-def _verified_onnx(src: _Source, strongly_typed: bool) -> tuple[Path, str]:
+def _verified_onnx(src: _Source, strongly_typed: bool, verify: bool = True) -> tuple[Path, str]:
     """The ONNX this build uses, checked against the sha256 build.json (and the run's manifest) recorded."""
     files = src.block["onnx"]
     key, other = ("strongly-typed", "precision-flags") if strongly_typed else ("precision-flags", "strongly-typed")
@@ -312,13 +313,15 @@ def _verified_onnx(src: _Source, strongly_typed: bool) -> tuple[Path, str]:
     recorded = (src.block.get("sha256") or {}).get(name)
     if src.manifest is not None:
         recorded = recorded or src.manifest.recorded_sha256(run_relative(src.manifest.run_dir, path))
-    if recorded and recorded != actual:
+    if recorded and recorded != actual and not verify:
+        log.warning("%s does not match the sha256 its export recorded: building it anyway (--no-verify)", path)
+    elif recorded and recorded != actual:
         raise IntegrityError(f"{path} does not match the sha256 its export recorded (it changed or was copied "
                              f"incompletely): copy {src.folder} again, or re-run the export")
     return path, actual
 
 
-def _recorded(job: _Job, config: CompileConfig) -> CompileResult:
+def _recorded(job: _Job, config: CompileConfig, verify: bool = True) -> CompileResult:
     from ..run.stage import stage
 
     manifest, src = job.src.manifest, job.src
@@ -326,7 +329,7 @@ def _recorded(job: _Job, config: CompileConfig) -> CompileResult:
     options = {"compile": asdict(config), "engine": job.settings.to_dict(), "strongly_typed": job.typed,
                "onnx": job.onnx.name}
     rel = run_relative(manifest.run_dir, job.onnx)
-    with stage(manifest, name, options, [rel], busy_hint="another compile of it is running") as st:
+    with stage(manifest, name, options, [rel], verify=verify, busy_hint="another compile of it is running") as st:
         result = job.run()
         device = f"GPU.{job.device_index}" if result.device == "GPU" and job.device_index else result.device
         st.artifact(result.engine, runtime="tensorrt", precision=src.precision, format="tensorrt-plan",

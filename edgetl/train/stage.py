@@ -69,7 +69,7 @@ def resume_training(manifest: Any, options: Mapping[str, Any], changes: Mapping[
 
     from .._allocator import steady_allocator
     from ..models import build_model
-    from ..run.split import load_run_splits
+    from ..data import load_run_splits
     from . import distributed
 
     settings = recorded_settings(options)

@@ -1,0 +1,5 @@
+"""``python -m edgetl.cli`` (as ``python -m edgetl``)."""
+
+from . import main
+
+main()
