@@ -37,9 +37,10 @@ class PruneConfig:
     target_macs: str | None = None
     """Prune in steps until the model has at most this many MACs (e.g. 0.2G, 150M), recovering between steps."""
     target_latency: str | None = None
-    """Prune in steps until batch-1 latency on --target (its own runtime, its default precision) is at most this (e.g. 0.6ms)."""
+    """Prune in steps until batch-1 latency on --latency-target (its runtime, its default precision) is at most this
+    (e.g. 0.6ms)."""
     target: str = "intel-cpu"
-    """Target profile whose runtime measures --target-latency."""
+    """Target profile whose runtime measures --max-latency."""
     step_ratio: float = 0.15
     """With --target-macs: channel ratio removed per step (of what is left)."""
     importance: str = "reconstruction"
@@ -113,7 +114,7 @@ class PruneConfig:
         if self.ratio is None and not goals:
             self.ratio = 0.4
         if (self.ratio is not None) + len(goals) > 1:
-            raise ConfigError("give one of --ratio, --target-macs and --target-latency")
+            raise ConfigError("give one of --ratio, --target-macs and --max-latency")
         if self.target_latency is not None:
             parse_ms(self.target_latency)
         if self.ratio is not None and not 0 < self.ratio < 1:
@@ -192,9 +193,9 @@ def parse_ms(text: str) -> float:
     try:
         value = float(match.group(1))
     except (AttributeError, ValueError):
-        raise ConfigError(f"--target-latency takes milliseconds such as 0.6ms, not {text!r}") from None
+        raise ConfigError(f"--max-latency takes milliseconds such as 0.6ms, not {text!r}") from None
     if value <= 0:
-        raise ConfigError(f"--target-latency must be positive, got {text!r}")
+        raise ConfigError(f"--max-latency must be positive, got {text!r}")
     return value
 
 
@@ -206,8 +207,9 @@ class PruneResult:
 
 
 def prune(run_dir: str | Path, config: PruneConfig | None = None, *, overwrite: bool = False,
-          progress: bool = True) -> PruneResult:
-    """Prune ``run_dir``'s float model and recover it into a new child run (see the module docstring)."""
+          progress: bool = True, verify: bool = True) -> PruneResult:
+    """Prune ``run_dir``'s float model and recover it into a new child run (see the module docstring).
+    The parent's checkpoint is checked against its recorded sha256 (``verify=False``: used anyway)."""
     import torch
 
     from .run.lock import StageLock
@@ -219,7 +221,7 @@ def prune(run_dir: str | Path, config: PruneConfig | None = None, *, overwrite: 
         from .tune.latency import check_latency_target
 
         check_latency_target(config.target, None)
-    parent = _Parent.load(Path(run_dir), config)
+    parent = _Parent.load(Path(run_dir), config, verify)
     output = Path(config.output) if config.output else parent.run_dir.resolve().parent / f"{parent.run_dir.resolve().name}-pruned"
     child_dir = check_output(output, [Path(parent.trained["data"])], overwrite=overwrite)
     if child_dir == parent.run_dir.resolve():
@@ -256,7 +258,7 @@ class _Parent:
         return self.manifest.run_dir
 
     @classmethod
-    def load(cls, run_dir: Path, config: PruneConfig) -> _Parent:
+    def load(cls, run_dir: Path, config: PruneConfig, verify: bool = True) -> _Parent:
         from .models import load_run_model
         from .preprocessing import PreprocessSpec
         from .run.integrity import require_current
@@ -270,7 +272,7 @@ class _Parent:
         if not manifest.completed(FINETUNE) or not (run_dir / "checkpoint.pt").is_file():
             raise RunFolderError(f"{run_dir} has no finished fine-tuning checkpoint to prune: run `edgetl finetune` first")
         require_current(manifest, FINETUNE)
-        inputs = verify_inputs(manifest, ["checkpoint.pt"])
+        inputs = verify_inputs(manifest, ["checkpoint.pt"], verify=verify)
         teacher, _ = load_run_model(run_dir)
         trained = dict(manifest.stage(FINETUNE)["options"])
         recovery = config.recovery_options(trained)

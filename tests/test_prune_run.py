@@ -202,7 +202,7 @@ NAME_RATIO = r"--layer-ratio takes NAME=RATIO, .*; got "
 
 @pytest.mark.parametrize("bad, match", [
     ({"ratio": 0.0}, RATIO + "0.0"), ({"ratio": 1.0}, RATIO + "1.0"), ({"ratio": 1.5}, RATIO + "1.5"),
-    ({"ratio": 0.3, "target_macs": "1G"}, "give one of --ratio, --target-macs and --target-latency"),
+    ({"ratio": 0.3, "target_macs": "1G"}, "give one of --ratio, --target-macs and --max-latency"),
     ({"target_macs": "lots"}, "--target-macs takes a number of MACs such as 0.2G or 150M, not 'lots'"),
     ({"importance": "random"}, "--importance must be one of magnitude, .*, not 'random'"),
     ({"alpha": 2.0}, r"--alpha in \[0, 1\], got 4.0, 2.0"),

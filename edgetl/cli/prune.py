@@ -7,7 +7,7 @@ from pathlib import Path
 import click
 
 from ._common import Command, handle_errors, run_or_latest
-from .args import output_field, overwrite_option, precision_field, threads_field
+from .args import output_field, overwrite_option, precision_field, threads_field, verify_option
 
 
 def _prune_options(command):
@@ -36,9 +36,10 @@ def _prune_options(command):
 @click.command("prune", cls=Command, renamed={"--target": "--latency-target", "--target-latency": "--max-latency"})
 @click.argument("run", type=click.Path(path_type=Path), required=False)
 @overwrite_option("an existing pruned run folder at --output")
+@verify_option("Prune from")
 @handle_errors
 @_prune_options
-def prune(run, overwrite, values, given) -> None:
+def prune(run, overwrite, no_verify, values, given) -> None:
     """Remove whole channels from RUN's model, then recover it by distillation: a new run whose parent is RUN.
 
     RUN defaults to the latest run under ./runs. The pruned run is an ordinary run: export it, build
@@ -49,7 +50,7 @@ def prune(run, overwrite, values, given) -> None:
     from ..prune import prune as prune_run
 
     config = build(PruneConfig, values)  # a bad option is reported before a run is looked for
-    result = prune_run(run_or_latest(run), config, overwrite=overwrite)
+    result = prune_run(run_or_latest(run), config, overwrite=overwrite, verify=not no_verify)
     m = result.metrics
     click.echo(f"{result.run_dir}: {100 * m['macs_reduction']:.1f}% fewer MACs ({m['macs_before'] / 1e9:.3f}G -> "
                f"{m['macs_after'] / 1e9:.3f}G), params {m['params_before'] / 1e6:.2f}M -> {m['params_after'] / 1e6:.2f}M, "

@@ -8,7 +8,7 @@ measuring code with that target's runtime. A target whose runtime is not install
 before the first trial: run the study on the device.
 
 :func:`model_latency_ms` is the quick figure for a model that is not a run yet (``edgetl prune
---target-latency`` times each pruning step with it): built in memory by the target's toolchain, timed as a
+--max-latency`` times each pruning step with it): built in memory by the target's toolchain, timed as a
 target build times its own quick latency (:func:`edgetl.evaluate.latency_p50_ms`).
 """
 

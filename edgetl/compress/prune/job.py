@@ -124,7 +124,7 @@ class PruneJob:
             now = standard_macs(count_macs(self.student, self.example))
             if now >= macs * 0.995:  # nothing left to remove without taking out whole layers
                 reached = f"{value:.3f} ms on {cfg.target}" if latency else f"{now / 1e9:.3f}G MACs"
-                asked = f"--target-latency {cfg.target_latency}" if latency else f"--target-macs {cfg.target_macs}"
+                asked = f"--max-latency {cfg.target_latency}" if latency else f"--target-macs {cfg.target_macs}"
                 raise ConfigError(f"{asked} cannot be reached without removing whole layers: the closest reachable "
                                   f"is {reached}; ask for that or more")
             macs = now

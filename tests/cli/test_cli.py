@@ -14,7 +14,7 @@ from click.testing import CliRunner
 
 from edgetl.cli import cli
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def test_version():
@@ -121,3 +121,36 @@ def test_demo_quick_runs_the_whole_pipeline(tmp_path: Path):
     assert summary["finetune"]["top1"] > 0.5  # digits: far above the 10% of chance after one epoch
     runtimes = {r["runtime"] for r in summary["bench"]["results"] if r["status"] == "ok"}
     assert runtimes == {"torch", "onnxruntime", "openvino"}
+
+
+# -- one spelling per concept: old spellings still parse for one release, with a warning -------------------------
+@pytest.mark.parametrize("command,old,new,dest,value", [
+    ("prune", "--target-latency", "--max-latency", "target_latency", "0.6ms"),
+    ("prune", "--target", "--latency-target", "target", "jetson"),
+    ("tune", "--workers", "--jobs", "workers", "2"),
+    ("bench", "--batch", "--batch-size", "batch_sizes", "1,8"),
+    ("predict", "--batch", "--batch-size", "batch", "4"),
+])
+def test_renamed_options_still_parse_with_a_warning(command, old, new, dest, value, capsys):
+    cmd = cli.commands[command]
+    extra = ["SOURCE", "IMG"] if command == "predict" else []
+    ctx = cmd.make_context(command, [*extra, f"{old}={value}"])
+    assert str(ctx.params[dest]) == value
+    assert f"warning: {old} is deprecated and will be removed in the next release: use {new}" in capsys.readouterr().err
+    assert str(cmd.make_context(command, [*extra, new, value]).params[dest]) == value
+    assert capsys.readouterr().err == ""
+
+
+def test_export_build_options_need_a_target(tiny_run):
+    result = CliRunner().invoke(cli, ["export", str(tiny_run), "--precision", "int8", "--max-drop", "1"])
+    assert result.exit_code == 2
+    assert "--max-drop, --precision apply only with --target (a target build)" in result.output
+
+
+def test_tri_state_options_are_pairs():
+    params = {p.name: p for p in cli.commands["compile"].params}
+    for name in ("version_compatible", "sparse_weights"):
+        flag = "--" + name.replace("_", "-")
+        assert params[name].opts == [flag] and params[name].secondary_opts == ["--no-" + flag[2:]]
+        for args, value in (([], None), ([flag], True), (["--no-" + flag[2:]], False)):
+            assert cli.commands["compile"].make_context("compile", args).params[name] is value
