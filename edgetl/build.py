@@ -20,6 +20,7 @@ import numpy as np
 
 from ._io import staging_dir, write_json
 from .errors import AccuracyBudgetError, ConfigError, RunFolderError
+from .evaluate import latency_p50_ms
 from .export import CHECKPOINT, ONNX_FILE
 from .run.integrity import require_current
 from .run.keys import ONNX, StageKey, Status
@@ -200,7 +201,7 @@ class _Build:
         cfg, labels = self.config, self.images.labels
         backend = q.get_backend(self.toolchain.quantizer)
         evaluate = q.Evaluator(runner=self._runner, top1=lambda r: runner_top1(r, self.images, labels),
-                               latency_ms=lambda r: _latency_p50(r, self.images[:1], cfg.latency_runs or 20))
+                               latency_ms=lambda r: latency_p50_ms(r, self.images[:1], cfg.latency_runs or 20))
         outcome = q.quantize_within_budget(
             backend, float_model, calib, spec,
             backend.settings(quantization_block(self.profile, cfg), f"{self.profile.name}.yaml"),
@@ -219,7 +220,7 @@ class _Build:
             metrics = {"top1": top1, "float_top1": self.float_top1,
                        "drop_points": round(100 * (self.float_top1 - top1), 4), "val_images": int(len(labels)),
                        **self.toolchain.describe(runner),
-                       "latency_p50_ms": _latency_p50(runner, self.images[:1], cfg.latency_runs),
+                       "latency_p50_ms": latency_p50_ms(runner, self.images[:1], cfg.latency_runs),
                        "build_s": round(self.build_s, 2), "max_drop": cfg.max_drop, **quantized}
             if cfg.sensitivity_images:
                 extra = {k: v for k, v in quantized.items() if k == "accuracy_control"}
@@ -256,9 +257,3 @@ def checkpoint_top1(run_dir: Path, images: Any, labels: np.ndarray, batch_size: 
         raise RunFolderError(f"{run_dir} has no checkpoint.pt: the float model is the reference for the drop")
     return top1(runner, images, labels, batch_size=batch_size)
 
-
-def _latency_p50(runner: Any, batch: np.ndarray, runs: int, warmup: int = 10) -> float | None:
-    """Build's quick latency figure: :func:`edgetl.evaluate.latency_p50_ms`."""
-    from .evaluate import latency_p50_ms
-
-    return latency_p50_ms(runner, batch, runs, warmup)

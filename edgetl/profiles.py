@@ -12,8 +12,9 @@ from typing import Any
 
 from .config import field_types, typed_values
 from .errors import ConfigError, EdgetlError, TargetError, did_you_mean
+from .run.keys import Precision
 
-PRECISIONS = ("fp32", "fp16", "int8")
+PRECISIONS = Precision.values()  # ("fp32", "fp16", "int8")
 
 
 @dataclass(frozen=True)

@@ -56,11 +56,6 @@ class Status(_Name):
     FAILED = "failed"
     INTERRUPTED = "interrupted"
 
-    @property
-    def done(self) -> bool:
-        """The stage finished and its artifacts are there (complete, or complete outside its budget)."""
-        return self in (Status.COMPLETE, Status.BUDGET_MISSED)
-
 
 DONE = frozenset({Status.COMPLETE, Status.BUDGET_MISSED})
 

@@ -28,7 +28,7 @@ from typing import Any
 from .. import __version__
 from .._io import read_json, sha256, utc_now, write_json
 from ..errors import RunFolderError
-from .keys import StageKey, Status, is_done, try_parse
+from .keys import StageKey, Status, try_parse
 from .lock import manifest_lock
 from .safe_paths import inside_name, run_file, run_relative
 
@@ -142,11 +142,6 @@ class Manifest:
     def completed(self, name: str | StageKey) -> bool:
         stage = self.stage(name)
         return bool(stage and stage.get("status") == Status.COMPLETE)
-
-    def done(self, name: str | StageKey) -> bool:
-        """Complete, or complete outside its accuracy budget: the stage's artifacts are usable."""
-        stage = self.stage(name)
-        return bool(stage and is_done(stage.get("status")))
 
     def keys(self) -> list[StageKey]:
         """The stages recorded, as keys (names no edgetl version writes are left out)."""

@@ -36,8 +36,6 @@ class Stage:
     """``module:function`` that continues an interrupted run this stage made, when it has one."""
     command_path: ClassVar[str | None] = None
     """``module:attribute`` of its click command [default: ``edgetl.cli.<command>:<command>``]."""
-    records: ClassVar[bool] = True
-    """Whether it writes a stage record into a run's manifest."""
 
     @property
     def config(self) -> type | None:
@@ -59,9 +57,6 @@ class Stage:
             raise RunFolderError(f"a {self.kind} stage cannot be resumed: run `edgetl {self.command}` again")
         return load_attr(self.resume_path)(run_dir, **options)
 
-    def inputs(self, key: StageKey) -> tuple[str, ...]:
-        """The run files this stage reads (run-relative), checked against their sha256 before use."""
-        return ()
 
     def rerun_hint(self, key: StageKey, run_dir: Path) -> str:
         """The command line that (re)produces the stage ``key`` of ``run_dir``."""

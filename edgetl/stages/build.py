@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..run.keys import ONNX, StageKey, StageKind
+from ..run.keys import StageKey, StageKind
 from .base import Stage
 
 
@@ -15,9 +15,6 @@ class Build(Stage):
     config_path = "edgetl.build:TargetBuildConfig"
     entry_path = "edgetl.build:build_target"
     command_path = "-"  # `edgetl export --target` runs it
-
-    def inputs(self, key: StageKey) -> tuple[str, ...]:
-        return (f"{ONNX}/model.onnx", "checkpoint.pt")
 
     def rerun_hint(self, key: StageKey, run_dir: Path) -> str:
         return f"edgetl {self.command} {run_dir} --target {key.target} --precision {key.precision}"

@@ -17,9 +17,5 @@ class Compile(Stage):
     entry_path = "edgetl.toolchains.tensorrt_engine:compile_engine"
     command_path = "edgetl.cli.compile:compile_command"
 
-    def inputs(self, key: StageKey) -> tuple[str, ...]:
-        build = key.built_from or key
-        return (f"{build.target}/{build.precision}/build.json",)
-
     def rerun_hint(self, key: StageKey, run_dir: Path) -> str:
         return f"edgetl {self.command} {run_dir} --target {key.target} --precision {key.precision} (on the device)"

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ..run.keys import StageKey, StageKind
+from ..run.keys import StageKind
 from .base import Stage
 
 
@@ -12,6 +12,3 @@ class Export(Stage):
     summary = "Export a run to ONNX (checked against PyTorch), and build it for a target with --target."
     config_path = "edgetl.export:ExportConfig"
     entry_path = "edgetl.export:export_onnx"
-
-    def inputs(self, key: StageKey) -> tuple[str, ...]:
-        return ("checkpoint.pt",)

@@ -13,4 +13,3 @@ class Package(Stage):
     config_path = "edgetl.package:PackageConfig"
     entry_path = "edgetl.package:package"
     command_path = "edgetl.cli.package:package_command"
-    records = False

@@ -16,8 +16,5 @@ class Prune(Stage):
     entry_path = "edgetl.prune:prune"
     resume_path = "edgetl.prune:resume"
 
-    def inputs(self, key: StageKey) -> tuple[str, ...]:
-        return ("checkpoint.pt",)
-
     def rerun_hint(self, key: StageKey, run_dir: Path) -> str:
         return f"edgetl {self.command} PARENT -o {run_dir} --overwrite"

@@ -15,4 +15,3 @@ class Tune(Stage):
     resume_path = "edgetl.finetune:resume"
     """A trial is a fine-tuned run: it resumes as one."""
     command_path = "edgetl.cli.prune:tune"
-    records = False
