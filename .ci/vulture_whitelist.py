@@ -44,3 +44,4 @@ _.uid, _.gid, _.uname, _.gname  # tarfile.TarInfo (edgetl/package.py)
 # enum members named only through their values (JSON, click choices: Precision.values())
 _.FP16  # edgetl/run/keys.py Precision
 _.built_from  # edgetl/run/keys.py StageKey: public API of the key (which build an engine key is compiled from)
+_.finished, _.resumed, _.onnxruntime_options  # edgetl/run/records.py: fields of the JSON records (read by users of the API)

@@ -88,7 +88,8 @@ def _check_parent(out: Path, shown: str) -> None:
 def run_data_roots(manifest: Any) -> list[Path]:
     """The dataset folders a run was trained and validated on (its dataset record and finetune options)."""
     record = manifest.data.get("dataset") or {}
-    options = (manifest.stage(FINETUNE) or {}).get("options") or {}
+    trained = manifest.record(FINETUNE)
+    options = trained.options if trained else {}
     roots = [record.get("root"), options.get("data"), options.get("val")]
     return list(dict.fromkeys(Path(r).resolve() for r in roots if isinstance(r, str) and r))
 

@@ -152,7 +152,7 @@ def check_parity(model: Any, onnx_path: Path, images: Any, atol: float, rtol: fl
     from .data import image_batches
 
     reference = TorchRunner.from_module(model)
-    stats = _ParityStats()
+    stats = ParityStats()
     with OnnxRuntimeRunner(onnx_path) as candidate:
         for batch in image_batches(images, batch_size):
             stats.add(reference.infer(batch), candidate.infer(batch), atol, rtol)
@@ -169,7 +169,7 @@ def check_parity(model: Any, onnx_path: Path, images: Any, atol: float, rtol: fl
 
 
 @dataclass
-class _ParityStats:
+class ParityStats:
     """Parity figures accumulated batch by batch."""
 
     images: int = 0
@@ -210,7 +210,7 @@ def needs_export(run_dir: str | Path, config: ExportConfig, changed: set[str]) -
 
     if stale := stale_reason(manifest, ONNX):
         return f"{manifest.run_dir / ONNX_FILE} is stale ({stale}): exporting it again"
-    recorded = manifest.stage(ONNX)["options"]
+    recorded = manifest.record(ONNX).options
     differ = sorted(k for k, v in asdict(config).items() if k in changed and k != "data" and recorded.get(k) != v)
     if differ:
         return f"exporting the ONNX again: {', '.join(differ)} differ from the existing export"

@@ -260,7 +260,8 @@ def _launch(run_dir: Path, nproc: int, job: WorkerJob) -> FinetuneResult:
         remove_abandoned(run_dir)  # a staged run that never finished its first epoch
         if is_run_folder(run_dir) and not stage_busy(run_dir, FINETUNE):
             manifest = Manifest.load(run_dir)
-            if (manifest.stage(FINETUNE) or {}).get("status") in (Status.RUNNING, Status.FAILED):
+            record = manifest.record(FINETUNE)
+            if record and record.status in (Status.RUNNING, Status.FAILED):
                 manifest.fail(FINETUNE, str(exc))  # the root cause, not rank 0's lost connection to a killed peer
             if (run_dir / LAST).is_file():
                 raise distributed.WorkerFailedError(f"{exc}; resume with: edgetl finetune --resume {run_dir}") from None

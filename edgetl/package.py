@@ -30,6 +30,7 @@ from .run.builds import built, choose_build
 from .run.integrity import verified_file
 from .run.keys import BENCH, StageKey, Status
 from .run.manifest import Manifest
+from .run.records import ArtifactRecord
 from .runtime import SCHEMA_VERSION
 from .runtime.bundle import BUNDLE_FILE, LABELS_FILE
 
@@ -106,9 +107,9 @@ def _precision(manifest: Manifest, config: PackageConfig) -> str:
     return choose_build(manifest, config.target, config.precision, complete).precision or ""
 
 
-def _stage_files(manifest: Manifest, stage_name: StageKey, verify: bool) -> dict[str, dict[str, Any]]:
+def _stage_files(manifest: Manifest, stage_name: StageKey, verify: bool) -> dict[str, ArtifactRecord]:
     """``{run-relative path: record}`` of a stage's deployable files, each checked against its sha256."""
-    records = manifest.stage(stage_name)["artifacts"]
+    records = manifest.record(stage_name).artifacts
     out = {}
     for rel, record in records.items():
         if Path(rel).name in LEFT_OUT:
@@ -118,7 +119,7 @@ def _stage_files(manifest: Manifest, stage_name: StageKey, verify: bool) -> dict
     return out
 
 
-def _assemble(manifest: Manifest, target: str, precision: str, files: dict[str, dict[str, Any]],
+def _assemble(manifest: Manifest, target: str, precision: str, files: dict[str, ArtifactRecord],
               root: Path) -> dict[str, Any]:
     """The bundle folder at ``root``; returns its bundle.json."""
     model_dir = root / "model"
@@ -138,30 +139,30 @@ def _assemble(manifest: Manifest, target: str, precision: str, files: dict[str, 
     return meta
 
 
-def _main_model(files: dict[str, dict[str, Any]]) -> tuple[str, dict[str, Any]]:
+def _main_model(files: dict[str, ArtifactRecord]) -> tuple[str, ArtifactRecord]:
     """The file the runtime loads: the compiled engine when there is one, else the artifact with a runtime."""
-    engine = next((rel for rel, rec in files.items() if rec.get("runtime") == "tensorrt"), None)
-    chosen = engine or next((rel for rel, rec in files.items() if rec.get("runtime")), None)
+    engine = next((rel for rel, rec in files.items() if rec.runtime == "tensorrt"), None)
+    chosen = engine or next((rel for rel, rec in files.items() if rec.runnable), None)
     if chosen is None:
         raise RunFolderError(f"no runnable model among {', '.join(files)}: re-run the export of this target")
     return chosen, files[chosen]
 
 
-def _meta(manifest: Manifest, target: str, precision: str, model_rel: str, record: dict[str, Any],
-          files: dict[str, dict[str, Any]]) -> dict[str, Any]:
+def _meta(manifest: Manifest, target: str, precision: str, model_rel: str, record: ArtifactRecord,
+          files: dict[str, ArtifactRecord]) -> dict[str, Any]:
     """bundle.json without ``files`` (added once every file is in place)."""
     from .preprocessing import PreprocessSpec
 
     spec = PreprocessSpec.from_dict(manifest.preprocessing)
     io = _io_names(manifest.run_dir, model_rel, files, spec.input_size)
     bench = _last_bench(manifest, model_rel)
-    runtime = record["runtime"]
+    runtime = record.runtime
     return {
         "schema": SCHEMA_VERSION, "task": "image-classification", "edgetl_version": __version__, "created": utc_now(),
         "target": target, "precision": precision, "runtime": runtime,
-        "deploy_runtime": record.get("deploy_runtime") or runtime,
-        "model": {"file": f"model/{Path(model_rel).name}", "precision_ran": record.get("executed_precision") or precision,
-                  "format": record.get("format"), "key": model_rel, "runner_options": record.get("runner_options") or {},
+        "deploy_runtime": record.deploy_runtime or runtime,
+        "model": {"file": f"model/{Path(model_rel).name}", "precision_ran": record.executed_precision or precision,
+                  "format": record.format, "key": model_rel, "runner_options": record.runner_options or {},
                   "files": [f"model/{Path(rel).name}" for rel in files]},
         "input": {"name": io["input"], "shape": io["shape"], "dynamic_batch": io["dynamic_batch"], "layout": "NCHW",
                   "dtype": "float32", "channel_order": spec.channel_order},
@@ -173,11 +174,11 @@ def _meta(manifest: Manifest, target: str, precision: str, model_rel: str, recor
         "labels": list(manifest.classes),
         "accuracy": bench[0], "latency": bench[1],
         "source": {"run": str(manifest.run_dir), "model": manifest.model, "stage": f"{target}:{precision}",
-                   "artifacts": {rel: rec.get("sha256") for rel, rec in files.items()}},
+                   "artifacts": {rel: rec.sha256 for rel, rec in files.items()}},
     }
 
 
-def _io_names(run_dir: Path, model_rel: str, files: dict[str, dict[str, Any]], size: int) -> dict[str, Any]:
+def _io_names(run_dir: Path, model_rel: str, files: dict[str, ArtifactRecord], size: int) -> dict[str, Any]:
     """Input and output tensor names and the input shape, read from the IR or the ONNX the model came from."""
     onnx_rel = next((rel for rel in files if rel.endswith(".onnx")), None)
     if model_rel.endswith(".xml"):
@@ -202,9 +203,8 @@ def _io_names(run_dir: Path, model_rel: str, files: dict[str, dict[str, Any]], s
 
 def _last_bench(manifest: Manifest, model_rel: str) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
     """Accuracy and latency of this artifact from the run's last bench, when it measured these very bytes."""
-    stage = manifest.stage(BENCH)
-    current = (manifest.stage(_stage_of(manifest, model_rel)) or {}).get("artifacts", {}).get(model_rel, {})
-    if not stage or stage.get("inputs", {}).get(model_rel) != current.get("sha256"):
+    bench, found = manifest.record(BENCH), manifest.producer(model_rel)
+    if not bench or not found or bench.inputs.get(model_rel) != found[1].digest(found[2]):
         return None, None
     try:  # the report bench recorded, byte for byte: an edited or linked-in one never reaches bundle.json
         report_path, _ = verified_file(manifest, "bench/report.json")
@@ -231,11 +231,6 @@ def _last_bench(manifest: Manifest, model_rel: str) -> tuple[dict[str, Any] | No
                "per_batch": [{k: s.get(k) for k in ("batch", "p50_ms", "p50_stable_ms", "p90_ms", "p99_ms", "mean_ms",
                                                       "throughput_ips", "runs")} for s in row.get("latency", [])]}
     return accuracy, latency or None
-
-
-def _stage_of(manifest: Manifest, rel: str) -> str:
-    found = manifest.producer(rel)
-    return found[0] if found else ""
 
 
 def _readme(meta: dict[str, Any]) -> str:

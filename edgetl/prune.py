@@ -274,7 +274,7 @@ class _Parent:
         require_current(manifest, FINETUNE)
         inputs = verify_inputs(manifest, ["checkpoint.pt"], verify=verify)
         teacher, _ = load_run_model(run_dir)
-        trained = dict(manifest.stage(FINETUNE)["options"])
+        trained = dict(manifest.record(FINETUNE).options)
         recovery = config.recovery_options(trained)
         return cls(manifest, inputs, trained, recovery, recorded_settings(recovery, start_is_candidate=True), teacher,
                    load_run_splits(manifest, trained), PreprocessSpec.from_dict(manifest.preprocessing))
@@ -396,10 +396,11 @@ def resumed_loss(manifest: Any, bundle: Any) -> Any:
     options and feature points; ``bundle`` (the backbone as built) is reshaped to the pruned architecture."""
     from .compress.prune.recovery import parent_teacher, pruned_bundle
 
-    config = PruneConfig.from_dict(manifest.stage(PRUNE)["options"])
-    points = [FeaturePoint.from_list(p) for p in (manifest.stage(PRUNE).get("metrics") or {}).get("feature_points") or []]
+    pruned = manifest.record(PRUNE)
+    config = PruneConfig.from_dict(pruned.options)
+    points = [FeaturePoint.from_list(p) for p in pruned.metrics.get("feature_points") or []]
     pruned_bundle(manifest.run_dir, bundle)
-    smoothing = recorded_settings(manifest.stage(FINETUNE)["options"]).label_smoothing
+    smoothing = recorded_settings(manifest.record(FINETUNE).options).label_smoothing
     return distillation(parent_teacher(manifest.run_dir, manifest.parent), bundle.model, config, points, smoothing)
 
 
@@ -408,6 +409,6 @@ def update_report(manifest: Any, result: Any) -> None:
     from .run.stage import stage
 
     top1 = result.metrics["top1"]
-    parent_top1 = (manifest.stage(PRUNE).get("metrics") or {}).get("top1_parent", top1)
+    parent_top1 = manifest.record(PRUNE).metrics.get("top1_parent", top1)
     with stage(manifest, PRUNE, {}, reopen=True) as st:
         st.metrics.update(top1_recovered=top1, drop_points_vs_parent=round(100 * (parent_top1 - top1), 4))

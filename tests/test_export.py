@@ -67,7 +67,7 @@ def test_failed_parity_keeps_no_model(tiny_run: Path, tmp_path: Path, monkeypatc
         raise ParityError("forced")
 
     monkeypatch.setattr("edgetl.export.check_parity", fails)
-    with pytest.raises(ParityError):
+    with pytest.raises(ParityError, match="^forced$"):
         export_onnx(run)
     assert not (run / "onnx" / "model.onnx").exists()
     assert not [p for p in (run / "onnx").iterdir()]  # no temporary left either
@@ -91,9 +91,9 @@ def test_torchscript_exporter_and_static_batch(tiny_run: Path, tmp_path: Path):
 
 
 def test_export_config_validation():
-    with pytest.raises(ConfigError):
+    with pytest.raises(ConfigError, match="opset must be between 13 and 23, got 7"):
         ExportConfig(opset=7)
-    with pytest.raises(ConfigError):
+    with pytest.raises(ConfigError, match="exporter must be dynamo or torchscript, not 'magic'"):
         ExportConfig(exporter="magic")
 
 
@@ -112,7 +112,7 @@ def _whole_array_metrics(ref: np.ndarray, out: np.ndarray, atol: float, rtol: fl
 
 
 def test_parity_stats_per_batch_equal_whole_array():
-    from edgetl.export import _ParityStats
+    from edgetl.export import ParityStats
 
     rng = np.random.default_rng(0)
     ref = rng.normal(0, 3, (50, 5)).astype(np.float32)
@@ -123,7 +123,7 @@ def test_parity_stats_per_batch_equal_whole_array():
     expected = _whole_array_metrics(ref, out, 1e-4, 2e-4)
     assert expected["flips"] >= 3 and expected["tie_flips"] >= 1 and expected["excess"] > 0
     for size in (1, 7, 50):
-        stats = _ParityStats()
+        stats = ParityStats()
         for start in range(0, len(ref), size):
             stats.add(ref[start:start + size], out[start:start + size], 1e-4, 2e-4)
         got = {"images": stats.images, "max_diff": stats.max_diff, "mean_diff": stats.sum_diff / stats.values,

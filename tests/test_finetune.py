@@ -206,13 +206,13 @@ def test_failure_before_first_epoch_leaves_no_run_folder(split_folder: Path, tmp
         raise RuntimeError("out of memory")
 
     monkeypatch.setattr(Trainer, "_train_epoch", boom)
-    with pytest.raises(RuntimeError):
+    with pytest.raises(RuntimeError, match="^out of memory$"):
         finetune(config(split_folder, tmp_path / "run"), progress=False)
     assert not (tmp_path / "run").exists()
 
 
 def test_bad_inputs_leave_nothing_behind(tmp_path: Path, split_folder: Path):
-    with pytest.raises(DatasetError):
+    with pytest.raises(DatasetError, match="dataset path does not exist"):
         finetune(config(tmp_path / "missing", tmp_path / "run1"), progress=False)
     with pytest.raises(ModelError, match="Did you mean"):
         finetune(config(split_folder, tmp_path / "run2", model="mobilenet_v3_smal"), progress=False)
@@ -227,9 +227,9 @@ def test_existing_run_folder_is_not_clobbered(split_folder: Path, tmp_path: Path
 
 
 def test_config_validation():
-    with pytest.raises(ConfigError):
+    with pytest.raises(ConfigError, match="'strategy' must be one of linear-probe, full, gradual, got 'sideways'"):
         FinetuneConfig(data="x", strategy="sideways")
-    with pytest.raises(ConfigError):
+    with pytest.raises(ConfigError, match="epochs must be at least 1"):
         FinetuneConfig(data="x", epochs=0)
     assert FinetuneConfig(data="/d/flowers", model="resnet50").run_name == "flowers-resnet50"
 
@@ -326,7 +326,7 @@ def test_resume_is_refused_while_the_run_trains(split_folder: Path, tmp_path: Pa
     with StageLock(tmp_path / "run", "finetune"):  # what a training process holds (a separate open file)
         with pytest.raises(RunBusyError, match="being written by another edgetl process"):
             resume(tmp_path / "run", epochs=3, progress=False)
-        with pytest.raises(RunBusyError):
+        with pytest.raises(RunBusyError, match="being written by another edgetl process"):
             finetune(config(split_folder, tmp_path / "run", epochs=1), overwrite=True, progress=False)
     assert resume(tmp_path / "run", epochs=2, progress=False).metrics["epochs_run"] == 2
 
@@ -339,7 +339,7 @@ def test_overwrite_keeps_the_old_run_when_the_new_one_fails_early(split_folder: 
         raise RuntimeError("out of memory")
 
     monkeypatch.setattr(Trainer, "_train_epoch", boom)
-    with pytest.raises(RuntimeError):
+    with pytest.raises(RuntimeError, match="^out of memory$"):
         finetune(config(split_folder, tmp_path / "run", epochs=1), overwrite=True, progress=False)
     assert (tmp_path / "run" / "checkpoint.pt").read_bytes() == before
     assert Manifest.load(tmp_path / "run").completed("finetune")

@@ -106,7 +106,7 @@ def test_full_disk_in_staging_dir_keeps_the_old_folder(tmp_path):
 
 
 def test_other_os_errors_are_not_reworded(tmp_path):
-    with pytest.raises(PermissionError):
+    with pytest.raises(PermissionError, match=r"^\[Errno 13\] Permission denied$"):
         with atomic_path(tmp_path / "x.json"):
             raise PermissionError(errno.EACCES, "Permission denied")
 
@@ -261,7 +261,7 @@ def test_staging_dir_keeps_the_old_folder_when_the_swap_fails(tmp_path, old_ir, 
         return real_replace(src, dst)
 
     monkeypatch.setattr(os, "replace", replace)
-    with pytest.raises(OSError), staging_dir(old_ir) as folder:
+    with pytest.raises(OSError, match="Permission denied"), staging_dir(old_ir) as folder:
         (folder / "model.xml").write_text("new")
     monkeypatch.undo()
     assert _tree(old_ir) == before

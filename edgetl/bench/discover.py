@@ -13,6 +13,7 @@ from ..backends import RUNTIMES, extension_runtimes, runtime_for_suffix
 from ..errors import ConfigError, RunFolderError
 from ..run.integrity import stale_reason, verified_file
 from ..run.manifest import MANIFEST_NAME, Manifest
+from ..run.records import ArtifactRecord
 from ..run.safe_paths import run_file, run_relative
 from .config import STAGE, BenchConfig
 
@@ -88,13 +89,11 @@ def _size_on_disk(path: Path) -> int | None:
 def discover_artifacts(manifest: Manifest) -> list[BenchTarget]:
     """Every artifact recorded with a ``runtime`` in the manifest's stages, in stage order."""
     targets, seen = [], set()
-    for stage_name, stage in manifest.stages.items():
+    for stage_name in manifest.stages:
         if stage_name == STAGE:
             continue
-        for rel, entry in stage.get("artifacts", {}).items():
-            runtime = entry.get("runtime")
-            if not runtime:
-                continue
+        for rel, record in manifest.record(stage_name).models().items():
+            runtime = record.runtime
             path = _resolve_artifact_file(run_file(manifest.run_dir, rel), runtime)
             key = run_relative(manifest.run_dir, path) if path.exists() else rel
             if path.resolve() in seen:
@@ -102,12 +101,12 @@ def discover_artifacts(manifest: Manifest) -> list[BenchTarget]:
             seen.add(path.resolve())
             # run it as its build recorded: the target's device and runner options (bench options override)
             takes_device = "device" in RUNTIMES[runtime].runner_class().option_names if runtime in RUNTIMES else False
-            options = {**(entry.get("runner_options") or {}),
-                       **({"device": entry["device"]} if entry.get("device") and takes_device else {})}
+            options = {**(record.runner_options or {}),
+                       **({"device": record.device} if record.device and takes_device else {})}
             targets.append(BenchTarget(artifact=path, runtime=runtime, key=key, options=options,
-                                       precision=entry.get("precision"), format=entry.get("format"),
-                                       size_bytes=_size_on_disk(path) or entry.get("bytes"),
-                                       deploy_runtime=entry.get("deploy_runtime")))
+                                       precision=record.precision, format=record.format,
+                                       size_bytes=_size_on_disk(path) or record.bytes,
+                                       deploy_runtime=record.deploy_runtime))
     return targets
 
 
@@ -135,13 +134,14 @@ def check_targets(targets: list[BenchTarget], verify: bool = True) -> dict[Path,
     return digests
 
 
-def _manifest_entry(manifest: Manifest, path: Path) -> dict[str, Any]:
+def _manifest_record(manifest: Manifest, path: Path) -> ArtifactRecord | None:
+    """The record of ``path``, or of the folder artifact holding it."""
     rel = run_relative(manifest.run_dir, path)
-    for stage in manifest.stages.values():
-        for key, entry in stage.get("artifacts", {}).items():
+    for name in manifest.stages:
+        for key, record in manifest.record(name).artifacts.items():
             if key == rel or rel.startswith(key.rstrip("/") + "/"):
-                return entry
-    return {}
+                return record
+    return None
 
 
 def expand_variants(targets: list[BenchTarget], config: BenchConfig) -> list[BenchTarget]:
@@ -202,12 +202,12 @@ def resolve_inputs(inputs: Sequence[str | Path]) -> tuple[Manifest, list[BenchTa
             raise RunFolderError(f"{path} is not inside a run folder, so its classes and preprocessing are unknown: "
                                  "benchmark it from its run folder (the one holding edgetl.json)")
         manifest = manifests.setdefault(run_dir.resolve(), Manifest.load(run_dir))
-        entry = _manifest_entry(manifest, path)
+        record = _manifest_record(manifest, path) or ArtifactRecord(bytes=0)
         key = run_relative(run_dir, path)
         found.append((run_dir.resolve(), BenchTarget(
-            artifact=path, runtime=entry.get("runtime", runtime_for_path(path)), key=key,
-            precision=entry.get("precision"), format=entry.get("format"), size_bytes=_size_on_disk(path),
-            deploy_runtime=entry.get("deploy_runtime"))))
+            artifact=path, runtime=record.runtime or runtime_for_path(path), key=key,
+            precision=record.precision, format=record.format, size_bytes=_size_on_disk(path),
+            deploy_runtime=record.deploy_runtime)))
     first = next(iter(manifests.values()))
     for other in manifests.values():
         if other.classes != first.classes or other.preprocessing != first.preprocessing:

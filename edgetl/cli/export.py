@@ -81,7 +81,7 @@ def export(run, target, no_verify, values, given) -> None:
         from ..run import Manifest
         from ..run.keys import ONNX
 
-        recorded = Manifest.load(run).stage(ONNX)["options"]
+        recorded = Manifest.load(run).record(ONNX).options
         click.echo(f"note: reusing {run}/onnx/model.onnx (exported with opset {recorded.get('opset')}, "
                    f"{recorded.get('exporter')} exporter)", err=True)
     if target is not None:

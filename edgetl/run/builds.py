@@ -18,7 +18,7 @@ def built(manifest: Manifest, *, target: str | None = None, precision: str | Non
     """The target builds recorded in ``manifest`` whose status ``accept`` takes (by default: done), in order."""
     return [key for key in manifest.keys()
             if key.kind is StageKind.BUILD and target in (None, key.target) and precision in (None, key.precision)
-            and accept(manifest.stages[str(key)].get("status"))]
+            and accept(manifest.record(key).status)]
 
 
 def choose_build(manifest: Manifest, target: str | None, precision: str | None,

@@ -46,9 +46,8 @@ def verified_file(manifest: Manifest, rel: str, *, verify: bool = True) -> tuple
     if found is None:
         raise IntegrityError(f"{path} is not recorded in {manifest.path}, so it cannot be trusted: re-run the stage "
                              "that writes it, or pass --no-verify to use it anyway")
-    stage_name, entry, sub = found
-    recorded = entry["files"][sub] if sub else entry.get("sha256")
-    if actual != recorded:
+    stage_name, record, sub = found
+    if actual != record.digest(sub):
         raise IntegrityError(f"{path} does not match the sha256 recorded by stage '{stage_name}' (it changed after "
                              f"edgetl wrote it): re-run `{rerun_hint(stage_name, manifest.run_dir)}`, or pass "
                              "--no-verify if you changed it on purpose")
@@ -58,20 +57,19 @@ def verified_file(manifest: Manifest, rel: str, *, verify: bool = True) -> tuple
 def stale_reason(manifest: Manifest, stage: str | StageKey, _seen: frozenset[str] = frozenset()) -> str | None:
     """Why ``stage`` no longer reflects its inputs, or None when it is current (or cannot tell: schema 1)."""
     stage = str(stage)
-    record = manifest.stage(stage)
+    record = manifest.record(stage)
     if record is None or stage in _seen:
         return None
     if (manifest.parent or {}).get("stage") == stage:  # the stage that made this run from its parent
         changed = _parent_changed(manifest.parent)
         if changed:
             return changed
-    for rel, digest in record.get("inputs", {}).items():
+    for rel, digest in record.inputs.items():
         found = manifest.producer(rel)
         if found is None:
             return f"its input {rel} is no longer recorded"
-        producer, entry, sub = found
-        current = entry["files"][sub] if sub else entry.get("sha256")
-        if current != digest:
+        producer, artifact, sub = found
+        if artifact.digest(sub) != digest:
             return f"{rel} was rewritten by '{producer}' after this stage read it"
         upstream = stale_reason(manifest, producer, _seen | {stage})
         if upstream:
@@ -142,15 +140,16 @@ def run_status(run_dir: str | Path) -> list[StageState]:
 
     manifest = Manifest.load(run_dir)
     states = []
-    for name, record in manifest.stages.items():
-        status = record.get("status", "?")
+    for name in manifest.stages:
+        record = manifest.record(name)
+        status = record.status or "?"
         problems = {rel: problem for rel, digest in manifest.recorded_files(name).items()
                     if (problem := _file_problem(manifest, rel, digest))}
         stale = stale_reason(manifest, name)
         if stage_busy(manifest.run_dir, name):
-            state, detail = RunState.BUSY, f"being written by another process (pid {record.get('pid', '?')})"
+            state, detail = RunState.BUSY, f"being written by another process (pid {record.pid or '?'})"
         elif not is_done(status):
-            state, detail = status, record.get("error", "")
+            state, detail = status, record.error or ""
         elif UNSAFE in problems.values():
             unsafe = [rel for rel, problem in problems.items() if problem == UNSAFE]
             state, detail = RunState.UNSAFE, f"{', '.join(unsafe)}: {UNSAFE}; replace it with the file itself"

@@ -17,6 +17,7 @@ top-level keys it changed, so two commands working on one run never erase each o
 
 from __future__ import annotations
 
+import copy
 import os
 import platform
 from collections.abc import Mapping
@@ -30,6 +31,7 @@ from .._io import read_json, sha256, utc_now, write_json
 from ..errors import RunFolderError
 from .keys import StageKey, Status, try_parse
 from .lock import manifest_lock
+from .records import ArtifactRecord, StageRecord
 from .safe_paths import inside_name, run_file, run_relative
 
 MANIFEST_NAME = "edgetl.json"
@@ -137,7 +139,13 @@ class Manifest:
         return self.data["stages"]
 
     def stage(self, name: str | StageKey) -> dict[str, Any] | None:
+        """The stage's record as the JSON holds it (the live dict); :meth:`record` for a typed copy."""
         return self.stages.get(str(name))
+
+    def record(self, name: str | StageKey) -> StageRecord | None:
+        """The stage's record, typed (a copy: changes go through :func:`edgetl.run.stage.stage`)."""
+        stage = self.stages.get(str(name))
+        return None if stage is None else StageRecord.from_dict(copy.deepcopy(stage))
 
     def completed(self, name: str | StageKey) -> bool:
         stage = self.stage(name)
@@ -176,8 +184,9 @@ class Manifest:
         self.save()
         return stage
 
-    def add_artifact(self, name: str | StageKey, path: str | Path, **extra: Any) -> dict[str, Any]:
-        """Record ``path`` (inside the run folder) under stage ``name`` with its size and sha256."""
+    def add_artifact(self, name: str | StageKey, path: str | Path, **extra: Any) -> ArtifactRecord:
+        """Record ``path`` (inside the run folder) under stage ``name`` with its size and sha256, plus the
+        descriptive fields of :class:`~.records.ArtifactRecord` in ``extra`` (an unknown name is refused)."""
         name, path = str(name), Path(path)
         rel = run_relative(self.run_dir, path)
         files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
@@ -186,13 +195,13 @@ class Manifest:
             entry["sha256"] = sha256(path)
         else:
             entry["files"] = {p.relative_to(path).as_posix(): sha256(p) for p in files}
-        entry.update(plain(extra))
+        entry.update(plain(ArtifactRecord.describing(**extra)))
         self.stages[name]["artifacts"][rel] = entry
         self._touched_stages.add(name)
-        return entry
+        return ArtifactRecord.from_dict(entry)
 
     def finish(self, name: str | StageKey, metrics: Mapping[str, Any] | None = None,
-               status: str = Status.COMPLETE) -> None:
+               status: Status = Status.COMPLETE) -> None:
         name = str(name)
         stage = self.stages[name]
         if metrics:
@@ -202,37 +211,34 @@ class Manifest:
         self._touched_stages.add(name)
         self.save()
 
-    def fail(self, name: str | StageKey, error: str, status: str = Status.FAILED) -> None:
+    def fail(self, name: str | StageKey, error: str, status: Status = Status.FAILED) -> None:
         name = str(name)
         if name in self.stages:
             self.stages[name]["error"] = error
             self.finish(name, status=status)
 
     # -- what is recorded where ------------------------------------------------------------
-    def producer(self, rel: str) -> tuple[str, dict[str, Any], str] | None:
-        """(stage, artifact entry, file inside it or '') of the stage that recorded ``rel``."""
+    def producer(self, rel: str) -> tuple[str, ArtifactRecord, str] | None:
+        """(stage, artifact record, file inside it or '') of the stage that recorded ``rel``."""
         for stage_name, stage in self.stages.items():
             for art, entry in stage.get("artifacts", {}).items():
                 if art == rel:
-                    return stage_name, entry, ""
+                    return stage_name, ArtifactRecord.from_dict(entry), ""
                 if "files" in entry and rel.startswith(art + "/") and rel[len(art) + 1:] in entry["files"]:
-                    return stage_name, entry, rel[len(art) + 1:]
+                    return stage_name, ArtifactRecord.from_dict(entry), rel[len(art) + 1:]
         return None
 
     def recorded_sha256(self, rel: str) -> str | None:
         found = self.producer(rel)
-        if found is None:
-            return None
-        _, entry, sub = found
-        return entry["files"][sub] if sub else entry.get("sha256")
+        return None if found is None else found[1].digest(found[2])
 
     def recorded_files(self, stage_name: str | StageKey) -> dict[str, str]:
         """Every file a stage recorded, run-relative, with its sha256."""
         out = {}
-        for art, entry in self.stages[str(stage_name)].get("artifacts", {}).items():
-            if "sha256" in entry:
-                out[art] = entry["sha256"]
-            for sub, digest in entry.get("files", {}).items():
+        for art, record in StageRecord.from_dict(self.stages[str(stage_name)]).artifacts.items():
+            if record.sha256 is not None:
+                out[art] = record.sha256
+            for sub, digest in (record.files or {}).items():
                 out[f"{art}/{sub}"] = digest
         return out
 

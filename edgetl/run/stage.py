@@ -18,6 +18,7 @@ from .integrity import verified_file
 from .lock import StageLock
 from .keys import StageKey, Status
 from .manifest import Manifest, plain
+from .records import ArtifactRecord
 
 
 @dataclass
@@ -34,7 +35,7 @@ class StageWriter:
 
     def artifact(self, path: str | Path, **extra: Any) -> None:
         """Record ``path`` (a file or a folder inside the run) when the stage completes."""
-        self._artifacts.append((Path(path), extra))
+        self._artifacts.append((Path(path), ArtifactRecord.describing(**extra)))
 
 
 def verify_inputs(manifest: Manifest, inputs: Iterable[str], *, verify: bool = True) -> dict[str, str]:

@@ -281,7 +281,7 @@ def _from_run(run: Path, config: CompileConfig) -> _Source:
     key = choose_build(manifest, config.target, config.precision, exports, what="TensorRT export")
     name, folder = str(key), found[key]
     require_current(manifest, key)
-    status = manifest.stages[name]["status"]
+    status = manifest.record(key).status
     if status != Status.COMPLETE:
         log.warning("%s: the export missed its accuracy budget (status %s); building its engine anyway", name, status)
     src = _from_folder(folder)

@@ -80,7 +80,7 @@ class Trainer:
                                         backbone_lr_scale=settings.backbone_lr_scale, weight_decay=settings.weight_decay)
         warmup = 0 if settings.strategy == "linear-probe" else int(settings.warmup_epochs * self.steps_per_epoch)
         self.scheduler = warmup_cosine(self.optimizer, settings.epochs * self.steps_per_epoch, warmup)
-        self.ema = _make_ema(self.model, settings.ema)
+        self.ema = weight_average(self.model, settings.ema)
         self.callbacks = [*([Checkpoints(settings.save_every_epoch)] if settings.checkpoints else []), *callbacks,
                           *([EarlyStopping(settings.patience)] if settings.patience else [])]
         self.history: list[dict[str, Any]] = []
@@ -412,7 +412,7 @@ class Trainer:
         return FinetuneResult(self.run_dir, metrics, self.history, wall)
 
 
-def _make_ema(model: Any, decay: float | None) -> Any:
+def weight_average(model: Any, decay: float | None) -> Any:
     """timm's weight average (buffers too), its decay warmed up over the first steps; None when off."""
     if decay is None:
         return None

@@ -12,7 +12,6 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
 
@@ -20,6 +19,7 @@ from edgetl import bench, doctor
 from edgetl._lazy import lazy_import, version_tuple
 from edgetl.backends import RUNNERS, RUNTIMES, Runner, create_runner, runtime_for_suffix, runtime_spec
 from edgetl.errors import ConfigError, MissingBackendError, TargetError
+from edgetl.run.manifest import Manifest
 
 REPO = Path(__file__).resolve().parents[2]
 ROWS = sorted(RUNTIMES)
@@ -281,12 +281,14 @@ def test_build_for_a_gpu_profile_fails_instead_of_timing_the_cpu(tiny_run, tmp_p
     assert not (run / "intel-gpu" / "fp32").exists()
 
 
-def _fake_manifest(tmp_path: Path, entry: dict) -> SimpleNamespace:
+def _fake_manifest(tmp_path: Path, entry: dict) -> Manifest:
+    """A manifest in memory (never saved) recording an ONNX and an IR with ``entry``'s fields."""
     (tmp_path / "intel-gpu" / "fp32").mkdir(parents=True)
     (tmp_path / "intel-gpu" / "fp32" / "model.xml").write_text("<net/>")
-    stages = {"onnx": {"artifacts": {"onnx/model.onnx": {"runtime": "onnxruntime", "precision": "fp32"}}},
-              "intel-gpu:fp32": {"artifacts": {"intel-gpu/fp32/model.xml": entry}}}
-    return SimpleNamespace(stages=stages, run_dir=tmp_path)
+    stages = {"onnx": {"status": "complete", "artifacts": {"onnx/model.onnx": {"bytes": 0, "runtime": "onnxruntime",
+                                                                               "precision": "fp32"}}},
+              "intel-gpu:fp32": {"status": "complete", "artifacts": {"intel-gpu/fp32/model.xml": {"bytes": 6, **entry}}}}
+    return Manifest(tmp_path, {"stages": stages})
 
 
 def test_bench_runs_an_artifact_on_its_recorded_device_and_options(tmp_path):

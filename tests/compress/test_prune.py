@@ -120,7 +120,7 @@ def test_architecture_roundtrip_through_weights_only_checkpoint(lite0, tmp_path)
     torch.save({"state_dict": pruned.state_dict(), "architecture": record}, path)
     checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     fresh = build_model("efficientnet_lite0", 2, pretrained=False, image_size=SIZE).model
-    with pytest.raises(RuntimeError):
+    with pytest.raises(RuntimeError, match="size mismatch"):
         fresh.load_state_dict(checkpoint["state_dict"])
     apply_architecture(fresh, checkpoint["architecture"])
     fresh.load_state_dict(checkpoint["state_dict"], strict=True)

@@ -38,7 +38,7 @@ def test_directory_artifacts_list_every_file(tmp_path: Path):
     (tmp_path / "run" / "ir" / "model.xml").write_text("<xml/>")
     (tmp_path / "run" / "ir" / "model.bin").write_bytes(b"1234")
     entry = manifest.add_artifact("ir", tmp_path / "run" / "ir")
-    assert set(entry["files"]) == {"model.xml", "model.bin"} and entry["bytes"] == 10
+    assert set(entry.files) == {"model.xml", "model.bin"} and entry.bytes == 10 and entry.sha256 is None
 
 
 def test_require_explains_what_to_do(tmp_path: Path):
@@ -132,7 +132,7 @@ def test_stage_context_records_inputs_and_failures(tmp_path: Path):
     (tmp_path / "run" / "checkpoint.pt").write_bytes(b"weights")
     manifest.add_artifact("finetune", tmp_path / "run" / "checkpoint.pt")
     manifest.finish("finetune")
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="^parity failed\nsecond line$"):
         with stage(manifest, "onnx", {"opset": 18}, ["checkpoint.pt"]):
             raise ValueError("parity failed\nsecond line")
     record = Manifest.load(tmp_path / "run").stage("onnx")

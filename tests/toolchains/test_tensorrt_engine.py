@@ -477,7 +477,7 @@ def test_from_a_run_records_the_engine_stage(tmp_path, device):
 def test_a_failing_build_from_a_run_is_recorded_failed(tmp_path, device):
     run = make_run(tmp_path)
     device.trt = fake_trt(build_fails=True)
-    with pytest.raises(ModelError):
+    with pytest.raises(ModelError, match="could not build"):
         compile_engine(run)
     record = Manifest.load(run).stage("jetson:int8:engine")
     assert record["status"] == "failed" and "could not build" in record["error"]

@@ -85,7 +85,7 @@ def test_a_narrower_student_is_compared_at_the_features_it_kept():
     logits = student(images)
     _, value = loss(logits, targets, inputs=images)
     assert value.item() == pytest.approx(F.cross_entropy(logits, targets).item(), rel=1e-5)  # no feature error
-    with pytest.raises(RuntimeError):  # without the index the widths do not match
+    with pytest.raises(RuntimeError, match="size|shape"):  # without the index the widths do not match
         DistillationLoss(teacher, 1.0, 0.0, student=student, feature_weight=1.0, feature_points=[("3", "input", None)])(
             student(images), targets, inputs=images)
 
@@ -116,11 +116,11 @@ def test_feature_points_without_a_student_are_refused():
 def test_weight_average_of_a_distilled_student_feeds_no_feature_hooks():
     """The EMA copy is made after the loss hooked the student: evaluating the copy must leave the loss's
     captured features alone (they are the training batch's), while the student still feeds them."""
-    from edgetl.train.trainer import _make_ema
+    from edgetl.train.trainer import weight_average
 
     teacher, student = _net(0), _net(1)
     loss = DistillationLoss(teacher, 2.0, 0.5, student=student, feature_weight=0.3, feature_points=[("3", "input", None)])
-    ema = _make_ema(student, 0.9)
+    ema = weight_average(student, 0.9)
     assert sum(len(m._forward_hooks) + len(m._forward_pre_hooks) for m in ema.module.modules()) == 0
     assert sum(len(m._forward_hooks) + len(m._forward_pre_hooks) for m in student.modules()) > 0
     images, targets = torch.randn(4, 3, 2, 2), torch.tensor([0, 1, 1, 0])
@@ -131,4 +131,4 @@ def test_weight_average_of_a_distilled_student_feeds_no_feature_hooks():
     _, after = loss(logits, targets, inputs=images)
     assert torch.allclose(before, after)
     loss.close()
-    assert _make_ema(student, None) is None
+    assert weight_average(student, None) is None
