@@ -25,9 +25,9 @@ from typing import Any
 
 from . import __version__
 from ._io import atomic_path, sha256, staging_dir, utc_now, write_json
-from .errors import RunFolderError
+from .errors import AccuracyBudgetError, RunFolderError
 from .run.builds import built, choose_build
-from .run.integrity import verified_file
+from .run.integrity import budget_miss, verified_file
 from .run.keys import BENCH, StageKey, Status
 from .run.manifest import Manifest
 from .run.records import ArtifactRecord
@@ -53,6 +53,8 @@ class PackageConfig:
     """Bundle path [default: RUN/bundle-TARGET-PRECISION.tar.gz, or the folder of that name]."""
     verify: bool = True
     """Check every artifact against the sha256 its stage recorded (False: package edited files as they are)."""
+    allow_budget_miss: bool = False
+    """Package a build that missed its accuracy budget (recorded budget-missed; bundle.json says so)."""
 
 
 @dataclass
@@ -102,9 +104,14 @@ def _plain_member(info: tarfile.TarInfo) -> tarfile.TarInfo:
 
 
 def _precision(manifest: Manifest, config: PackageConfig) -> str:
-    """The precision to package (:func:`edgetl.run.builds.choose_build`; complete builds only)."""
-    complete = built(manifest, target=config.target, accept=lambda status: status == Status.COMPLETE)
-    return choose_build(manifest, config.target, config.precision, complete).precision or ""
+    """The precision to package (:func:`edgetl.run.builds.choose_build`): a build within its budget, or one
+    that missed it when ``allow_budget_miss``."""
+    key = choose_build(manifest, config.target, config.precision, built(manifest, target=config.target))
+    record = manifest.record(key)
+    if record.status == Status.BUDGET_MISSED and not config.allow_budget_miss:
+        raise AccuracyBudgetError(f"{key} missed its accuracy budget ({budget_miss(record.metrics)}): rebuild it "
+                                  f"within the budget, or pass --allow-budget-miss to package it anyway")
+    return key.precision or ""
 
 
 def _stage_files(manifest: Manifest, stage_name: StageKey, verify: bool) -> dict[str, ArtifactRecord]:
@@ -172,10 +179,19 @@ def _meta(manifest: Manifest, target: str, precision: str, model_rel: str, recor
         "output": {"name": io["output"], "shape": [io["shape"][0], len(manifest.classes)], "semantics": "logits",
                    "scores": "softmax"},
         "labels": list(manifest.classes),
-        "accuracy": bench[0], "latency": bench[1],
+        "accuracy": bench[0], "latency": bench[1], "budget": _budget(manifest, StageKey.build(target, precision)),
         "source": {"run": str(manifest.run_dir), "model": manifest.model, "stage": f"{target}:{precision}",
                    "artifacts": {rel: rec.sha256 for rel, rec in files.items()}},
     }
+
+
+def _budget(manifest: Manifest, key: StageKey) -> dict[str, Any]:
+    """The build's accuracy against its budget, as its stage recorded them."""
+    record = manifest.record(key)
+    m = record.metrics
+    return {"met": record.status != Status.BUDGET_MISSED, "max_drop": m.get("max_drop"), "source": m.get("budget_source"),
+            "drop_points": m.get("drop_points"), "top1": m.get("top1"), "float_top1": m.get("float_top1"),
+            "method": m.get("method"), "calibration": m.get("calibration")}
 
 
 def _io_names(run_dir: Path, model_rel: str, files: dict[str, ArtifactRecord], size: int) -> dict[str, Any]:

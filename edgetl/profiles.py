@@ -15,6 +15,10 @@ from .errors import ConfigError, EdgetlError, TargetError, did_you_mean
 from .run.keys import Precision
 
 PRECISIONS = Precision.values()  # ("fp32", "fp16", "int8")
+DEFAULT_MAX_DROP = 1.0
+"""Top-1 points a compressed build may lose when its profile names no budget: the published INT8 anchors for
+the project's backbones (NNCF QAT MobileNetV2 0.8, V3-Small 0.7; TensorRT QAT EfficientNet-B0 1.15) sit at or
+near it, and on a few hundred val images a point is a handful of images, not noise."""
 
 
 @dataclass(frozen=True)
@@ -43,6 +47,9 @@ class TargetProfile:
     """Facts about the device the toolchain checks requests against (compute capability, DLA cores, ...)."""
     engine: dict[str, Any] = field(default_factory=dict)
     """Toolchain-specific builder defaults (TensorRT: :class:`~edgetl.toolchains.trt_settings.EngineSettings`)."""
+    max_drop: float | None = DEFAULT_MAX_DROP
+    """The accuracy budget of its FP16 and INT8 builds: the most top-1 points they may lose on the run's val
+    split against the PyTorch float model (``--max-drop`` overrides; null: no budget)."""
 
     def __post_init__(self) -> None:
         if not self.toolchain:
@@ -53,6 +60,8 @@ class TargetProfile:
         if self.default_precision not in self.precisions:
             raise TargetError(f"target {self.name}: default precision {self.default_precision!r} "
                               f"is not one of its precisions {list(self.precisions)}")
+        if self.max_drop is not None and not 0 <= self.max_drop <= 100:
+            raise TargetError(f"target {self.name}: max_drop is in top-1 points (0-100), got {self.max_drop}")
         self._check_runner_options()
 
     def _check_runner_options(self) -> None:

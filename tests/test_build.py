@@ -126,19 +126,40 @@ def test_fp32_is_true_fp32_and_fp16_has_fp16_weights(learned_run):
 
 
 def test_budget_missed_keeps_best_model_and_raises(run, monkeypatch):
-    """The float reference is pinned at 100% so the tiny model's real INT8 top-1 cannot meet 1 point;
-    PTQ, accuracy control, saving and recording all run for real."""
+    """The float reference is pinned at 100% so the tiny model's real INT8 top-1 cannot meet the budget the
+    target profile sets (no --max-drop given: a budget is always in force); PTQ, accuracy control, saving and
+    recording all run for real."""
     import edgetl.build as build
 
     monkeypatch.setattr(build, "checkpoint_top1", lambda *a, **k: 1.0)
-    with pytest.raises(AccuracyBudgetError, match=r"exceeds --max-drop 1.0.*kept in .*budget-missed"):
-        build_target(run, TargetBuildConfig(precision="int8", max_drop=1.0, calib_size=9, max_reverted_layers=1,
-                                            **FAST))
+    with pytest.raises(AccuracyBudgetError, match=r"exceeds a budget of 1 point \(target intel-cpu\).*"
+                                                  r"kept in .* as budget-missed"):
+        build_target(run, TargetBuildConfig(precision="int8", calib_size=9, max_reverted_layers=1, **FAST))
     stage = _stage(run, "intel-cpu:int8")
     assert stage["status"] == BUDGET_MISSED
+    assert stage["metrics"]["max_drop"] == 1.0 and stage["metrics"]["budget_source"] == "target intel-cpu"
     assert "accuracy_control" in stage["metrics"] and stage["metrics"]["drop_points"] > 1.0
     assert (run / "intel-cpu" / "int8" / "model.xml").is_file()
     assert stage["artifacts"]["intel-cpu/int8/model.xml"]["runtime"] == "openvino"
+
+
+def test_max_drop_none_turns_the_budget_off(run, monkeypatch):
+    """The same pinned reference: with --max-drop none plain PTQ is kept as it is, no fallback runs."""
+    import edgetl.build as build
+
+    monkeypatch.setattr(build, "checkpoint_top1", lambda *a, **k: 1.0)
+    result = build_target(run, TargetBuildConfig(precision="int8", calib_size=9, max_drop="none", **FAST))
+    stage = _stage(run, "intel-cpu:int8")
+    assert result.status == stage["status"] == "complete" and result.metrics["drop_points"] > 1.0
+    assert stage["metrics"]["max_drop"] is None and stage["metrics"]["method"] == "ptq"
+    assert "accuracy_control" not in stage["metrics"]
+
+
+@pytest.mark.parametrize(("max_drop", "match"), [("some", "a number of top-1 points or 'none'"),
+                                                 (101, r"in top-1 points \(0-100\), got 101")])
+def test_bad_budgets_are_refused(max_drop, match):
+    with pytest.raises(ConfigError, match=match):
+        TargetBuildConfig(max_drop=max_drop)
 
 
 def test_bad_runs_and_targets(tmp_path, run):

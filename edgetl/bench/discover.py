@@ -13,7 +13,8 @@ from ..backends import RUNTIMES, extension_runtimes, runtime_for_suffix
 from ..errors import ConfigError, RunFolderError
 from ..run.integrity import stale_reason, verified_file
 from ..run.manifest import MANIFEST_NAME, Manifest
-from ..run.records import ArtifactRecord
+from ..run.keys import Status
+from ..run.records import ArtifactRecord, StageRecord
 from ..run.safe_paths import run_file, run_relative
 from .config import STAGE, BenchConfig
 
@@ -45,6 +46,8 @@ class BenchTarget:
     deploy_runtime: str | None = None
     """The runtime the artifact is meant for when it differs from the one measuring it here (a Q/DQ ONNX
     measured under ONNX Runtime is built into a TensorRT engine on the device)."""
+    build: dict[str, Any] | None = None
+    """How its target build made it and whether it met its budget (:func:`build_summary`; None: not a build)."""
 
 
 def runtime_for_path(path: Path) -> str:
@@ -92,7 +95,8 @@ def discover_artifacts(manifest: Manifest) -> list[BenchTarget]:
     for stage_name in manifest.stages:
         if stage_name == STAGE:
             continue
-        for rel, record in manifest.record(stage_name).models().items():
+        stage = manifest.record(stage_name)
+        for rel, record in stage.models().items():
             runtime = record.runtime
             path = _resolve_artifact_file(run_file(manifest.run_dir, rel), runtime)
             key = run_relative(manifest.run_dir, path) if path.exists() else rel
@@ -106,8 +110,17 @@ def discover_artifacts(manifest: Manifest) -> list[BenchTarget]:
             targets.append(BenchTarget(artifact=path, runtime=runtime, key=key, options=options,
                                        precision=record.precision, format=record.format,
                                        size_bytes=_size_on_disk(path) or record.bytes,
-                                       deploy_runtime=record.deploy_runtime))
+                                       deploy_runtime=record.deploy_runtime, build=build_summary(stage)))
     return targets
+
+
+def build_summary(stage: StageRecord) -> dict[str, Any] | None:
+    """A target build's method, calibration and budget, as its stage recorded them (None for other stages)."""
+    m = stage.metrics
+    if "drop_points" not in m or "float_top1" not in m:
+        return None
+    return {"method": m.get("method"), "calibration": m.get("calibration"), "max_drop": m.get("max_drop"),
+            "drop_points": m["drop_points"], "budget_met": stage.status != Status.BUDGET_MISSED}
 
 
 def check_targets(targets: list[BenchTarget], verify: bool = True) -> dict[Path, dict[str, str]]:

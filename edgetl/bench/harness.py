@@ -167,7 +167,7 @@ def _notes(results: list[dict[str, Any]], has_reference: bool, config: BenchConf
             lo, hi = vs["ci95_pts"]
             verdict = "within noise" if vs["within_noise"] else "significant"
             notes.append(f"{res['label']}: top-1 drop {vs['top1_drop_pts']:+.2f} pts, 95% CI [{lo:+.2f}, {hi:+.2f}] "
-                         f"on {n_images} images -> {verdict}")
+                         f"on {n_images} images -> {verdict}" + _budget_verdict(vs, res.get("build")))
         if res["status"] != "ok":
             notes.append(f"{res['key']} {res['status']}: {res['reason']}")
         if res.get("deploy_runtime") and res["deploy_runtime"] != res["runtime"]:
@@ -180,6 +180,16 @@ def _notes(results: list[dict[str, Any]], has_reference: bool, config: BenchConf
         notes.append(f"{n_images} evaluation images: one image is {100 / n_images:.2f} pts of accuracy, so small "
                      "drops cannot be resolved")
     return notes
+
+
+def _budget_verdict(vs: dict[str, Any], build: dict[str, Any] | None) -> str:
+    """The drop against the build's budget: the drop itself decides, not only an interval that touches zero."""
+    if not build or build.get("max_drop") is None:
+        return ""
+    over = vs["top1_drop_pts"] > build["max_drop"] + 1e-9
+    verdict = "OVER the budget" if over else "within the budget"
+    recorded = "" if build["budget_met"] else " (built budget-missed)"
+    return f"; {verdict} of {build['max_drop']:g} pts{recorded}"
 
 
 def _add_device_details(report: dict[str, Any]) -> None:

@@ -184,7 +184,8 @@ def _new_row(target: BenchTarget) -> dict[str, Any]:
             "precision_artifact": target.precision, "precision_executed": None, "size_bytes": target.size_bytes,
             "deploy_runtime": target.deploy_runtime,
             "status": "ok", "reason": None, "load_s": None, "load_rss_delta_mb": None, "runner": None,
-            "latency": [], "memory": None, "accuracy": None, "vs_reference": None, "stale": target.stale}
+            "latency": [], "memory": None, "accuracy": None, "vs_reference": None, "stale": target.stale,
+            "build": target.build}
 
 
 def _load(target: BenchTarget, row: dict[str, Any], probe: np.ndarray, classes: list[str]) -> Any:
@@ -203,7 +204,8 @@ def _load(target: BenchTarget, row: dict[str, Any], probe: np.ndarray, classes: 
         row["load_rss_delta_mb"] = round((rss1 - rss0) / 2**20, 1)
     info = runner.describe()
     row.update(runner=info.to_dict(), precision_executed=info.precision,
-               label=_label(target, info.precision) + (" [stale]" if target.stale else ""))
+               label=_label(target, info.precision) + (" [stale]" if target.stale else "")
+               + (" [budget-missed]" if target.build and not target.build["budget_met"] else ""))
     scores = runner.infer(probe)
     if scores.ndim != 2 or scores.shape[1] != len(classes):
         raise DatasetError(f"{target.artifact} outputs {scores.shape[1:]} scores per image but the run has "

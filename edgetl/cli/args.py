@@ -5,6 +5,7 @@
     overwrite_option  --overwrite: replace what edgetl wrote at the output
     output_option     -o/--output
     json_option       --json
+    budget_field      --max-drop POINTS|none: the accuracy budget
 """
 
 from __future__ import annotations
@@ -49,3 +50,29 @@ def threads_field():
     from ..config import Opt
 
     return Opt(type=click.IntRange(min=1), help="CPU threads [default: all cores].")
+
+
+class _Budget(click.ParamType):
+    """A number of top-1 points (0-100), or ``none`` (no budget)."""
+
+    name = "POINTS|none"
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, (int, float)) or value is None:
+            return value
+        if str(value).strip().lower() == "none":
+            return "none"
+        try:
+            points = float(value)
+        except ValueError:
+            self.fail(f"{value!r} is neither a number of top-1 points nor 'none'", param, ctx)
+        if not 0 <= points <= 100:
+            self.fail(f"{points:g} is not between 0 and 100 top-1 points", param, ctx)
+        return points
+
+
+def budget_field(help_text: str):
+    """The ``max_drop`` field as ``--max-drop POINTS|none``."""
+    from ..config import Opt
+
+    return Opt(type=_Budget(), help=help_text)

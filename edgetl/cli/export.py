@@ -7,7 +7,7 @@ from pathlib import Path
 import click
 
 from ._common import Command, handle_errors, refuse_unless, run_or_latest
-from .args import precision_field, run_argument, verify_option
+from .args import budget_field, precision_field, run_argument, verify_option
 
 
 def _export_options(command):
@@ -26,7 +26,9 @@ def _export_options(command):
         "precision": precision_field("Target precision [default: the target's default]."),
         "calib_data": Opt(type=click.Path(path_type=Path)),
         "calib_size": Opt(type=click.IntRange(min=1)),
-        "max_drop": Opt(type=click.FloatRange(0, 100)),
+        "max_drop": budget_field("Top-1 points an FP16/INT8 build may lose vs the float model, on the run's val "
+                                 "split [default: the target's max_drop, 1.0]; none: no budget. A miss keeps the "
+                                 "build as budget-missed and exits non-zero."),
         "seed": Opt(help="Seed for calibration sampling."),
         "calibration": Opt(type=click.Choice(CALIBRATION_METHODS)),
         "dla_core": Opt(type=click.IntRange(min=0)),

@@ -20,7 +20,7 @@ def status(run: Path | None, as_json: bool) -> None:
     (a symlink leaving the run folder: replace it with the file itself).
 
     RUN defaults to the most recent run under ./runs. Exits 0 when every stage is current, 4 when
-    something needs re-running or replacing.
+    something needs re-running or replacing, or a build missed its accuracy budget (budget-missed).
     """
     import json
 

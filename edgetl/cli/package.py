@@ -95,6 +95,11 @@ def _bundle_for(source: Path, target: str | None, precision: str | None):
 
         with tempfile.TemporaryDirectory(prefix="edgetl-predict-") as tmp:
             config = PackageConfig(target=target or "intel-cpu", precision=precision, folder=True,
-                                   output=str(Path(tmp) / "bundle"))
-            yield package(source, config).path
+                                   output=str(Path(tmp) / "bundle"), allow_budget_miss=True)
+            result = package(source, config)
+            budget = result.meta["budget"]
+            if not budget["met"]:
+                click.echo(f"warning: this build missed its accuracy budget (top-1 drop {budget['drop_points']:.2f} "
+                           f"points > {budget['max_drop']:g}); `edgetl package` refuses it", err=True)
+            yield result.path
     return packaged()

@@ -15,7 +15,7 @@ from typing import Any
 
 from .._io import sha256
 from ..errors import IntegrityError, RunFolderError
-from .keys import RunState, StageKey, is_done
+from .keys import RunState, StageKey, Status, is_done
 from .manifest import Manifest
 from .safe_paths import run_file
 
@@ -92,6 +92,14 @@ def _parent_changed(lineage: dict[str, Any]) -> str | None:
     return None
 
 
+def budget_miss(metrics: dict[str, Any]) -> str:
+    """One line on a build that missed its budget, from its recorded metrics."""
+    drop, budget = metrics.get("drop_points"), metrics.get("max_drop")
+    if drop is None or budget is None:
+        return "the accuracy budget was not met"
+    return f"top-1 drop {drop:.2f} points > budget {budget:g} ({metrics.get('method', '?')}): not packaged by default"
+
+
 def require_current(manifest: Manifest, stage: str | StageKey) -> None:
     """Raise :class:`StaleArtifactError` when ``stage`` is stale."""
     from ..errors import StaleArtifactError
@@ -158,6 +166,8 @@ def run_status(run_dir: str | Path) -> list[StageState]:
             detail = f"{len(problems)} file(s) {state}: re-run `{rerun_hint(name, manifest.run_dir)}`"
         elif stale:
             state, detail = RunState.STALE, f"{stale}: re-run `{rerun_hint(name, manifest.run_dir)}`"
+        elif status == Status.BUDGET_MISSED:
+            state, detail = RunState.BUDGET_MISSED, budget_miss(record.metrics)
         else:
             state, detail = RunState.CURRENT, ""
         states.append(StageState(name, status, str(state), detail, {rel: str(p) for rel, p in problems.items()}))

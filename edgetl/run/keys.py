@@ -75,6 +75,8 @@ class RunState(_Name):
     UNSAFE = "unsafe"
     """A recorded file is a symlink leaving the run folder."""
     BUSY = "busy"
+    BUDGET_MISSED = "budget-missed"
+    """Current, but the build lost more accuracy than its budget allows (``edgetl status`` exits non-zero)."""
 
 
 class Precision(_Name):

@@ -33,7 +33,8 @@ class Evaluator:
 class QuantizeOutcome:
     model: Any
     metrics: dict[str, Any] = field(default_factory=dict)
-    """calib_images, ptq_top1, ptq_drop_points and, when it ran, accuracy_control."""
+    """method (ptq, ptq+fallback(k layers), accuracy-control), calibration, calib_images, ptq_top1,
+    ptq_drop_points and, when it ran, accuracy_control."""
 
 
 def quantize_within_budget(backend: QuantizerBackend, float_model: Any, calib: list[tuple[Path, int]], spec: Any,
@@ -45,7 +46,8 @@ def quantize_within_budget(backend: QuantizerBackend, float_model: Any, calib: l
     model = backend.quantize(float_model, calib, spec, settings)
     ptq_runner = evaluate.runner(model)
     ptq_top1 = evaluate.top1(ptq_runner)
-    metrics: dict[str, Any] = {"calib_images": len(calib), "ptq_top1": ptq_top1,
+    metrics: dict[str, Any] = {"method": "ptq", "calibration": backend.calibration_method(settings),
+                               "calib_images": len(calib), "ptq_top1": ptq_top1,
                                "ptq_drop_points": round(100 * (float_top1 - ptq_top1), 4)}
     if max_drop is None or metrics["ptq_drop_points"] <= max_drop or not accuracy_control:
         return QuantizeOutcome(model, metrics)
@@ -86,7 +88,10 @@ def _report_controlled(model: Any, controlled: Any, ptq_runner: Any, ptq_top1: f
         "slowdown_vs_ptq": round(ac_ms / ptq_ms, 3) if ptq_ms and ac_ms else None, "backend_max_drop": budget}
     log.info("accuracy control: top-1 %.2f%% with %d layer(s) in float, p50 %.2f -> %.2f ms", 100 * ac_top1,
              len(reverted), ptq_ms or float("nan"), ac_ms or float("nan"))
-    return QuantizeOutcome(controlled if ac_top1 >= ptq_top1 else model, metrics)
+    if ac_top1 >= ptq_top1:
+        metrics["method"] = "accuracy-control"
+        return QuantizeOutcome(controlled, metrics)
+    return QuantizeOutcome(model, metrics)
 
 
 def sensitivity_fallback(backend: QuantizerBackend, model: Any, ranking: list[str], evaluate: Evaluator, *,
@@ -128,6 +133,8 @@ def sensitivity_fallback(backend: QuantizerBackend, model: Any, ranking: list[st
         "met_budget": met is not None, "reverted_to_float": ranking[:chosen], "ranking": ranking[:max(chosen, 10)],
         "tried": {str(n): t for n, t in sorted(tried.items())}, "ptq_latency_p50_ms": ptq_ms,
         "latency_p50_ms": best_ms, "slowdown_vs_ptq": round(best_ms / ptq_ms, 3) if ptq_ms and best_ms else None}
+    if chosen:
+        metrics["method"] = f"ptq+fallback({chosen} layer{'s' if chosen > 1 else ''})"
     log.info("per-layer fallback: %d layer(s) left in float, top-1 %.2f%% (%s the budget)", chosen,
              100 * tried[chosen], "meets" if met is not None else "misses")
     return QuantizeOutcome(best, metrics)

@@ -34,6 +34,10 @@ class QuantizerBackend(abc.ABC):
     def quantize(self, model: Any, calib: list[tuple[Path, int]], spec: Any, settings: Any) -> Any:
         """Plain post-training INT8 quantization; returns a new model."""
 
+    def calibration_method(self, settings: Any) -> str:
+        """How ``settings`` choose activation ranges, as recorded in build.json and the bench row."""
+        return "default"
+
     def accuracy_control(self, model: Any, calib: list[tuple[Path, int]], spec: Any, images: Any, labels: Any,
                          max_drop: float, settings: Any, max_iterations: int | None) -> Any:
         """INT8 with layers returned to float until the top-1 drop (a fraction, against this backend's own

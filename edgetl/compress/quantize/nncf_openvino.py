@@ -217,6 +217,9 @@ class NNCFOpenVINO(QuantizerBackend):
     def settings(self, block: dict[str, Any], source: str = "") -> QuantizeSettings:
         return QuantizeSettings.from_dict(block, source)
 
+    def calibration_method(self, settings: Any) -> str:
+        return f"nncf min-max ({settings.preset} preset)"
+
     def quantize(self, model: Any, calib: list[tuple[Path, int]], spec: Any, settings: Any) -> Any:
         return quantize_ptq(model, calib, spec, settings)
 

@@ -367,6 +367,9 @@ class OrtQDQ(QuantizerBackend):
     def settings(self, block: dict[str, Any], source: str = "") -> QDQSettings:
         return QDQSettings.from_dict(block, source)
 
+    def calibration_method(self, settings: Any) -> str:
+        return f"percentile {settings.percentile:g}" if settings.calibration == "percentile" else settings.calibration
+
     def quantize(self, model: Any, calib: list[tuple[Path, int]], spec: Any, settings: Any) -> Any:
         return quantize_qdq(model, calib, spec, settings)
 
