@@ -45,3 +45,4 @@ _.uid, _.gid, _.uname, _.gname  # tarfile.TarInfo (edgetl/package.py)
 _.FP16  # edgetl/run/keys.py Precision
 _.built_from  # edgetl/run/keys.py StageKey: public API of the key (which build an engine key is compiled from)
 _.finished, _.resumed, _.onnxruntime_options  # edgetl/run/records.py: fields of the JSON records (read by users of the API)
+_.fit_images, _.held_out_images  # edgetl/compress/quantize/calibration_search.py SearchReport: recorded in build.json

@@ -63,7 +63,8 @@ class TargetBuildConfig:
     seed: int = 0
     """Seed for calibration sampling."""
     calibration: str | None = None
-    """TensorRT targets: activation range method, minmax, entropy or percentile [default: the target's]."""
+    """TensorRT targets: activation ranges, auto (chosen per model on held-out calibration images), minmax,
+    entropy or percentile [default: the target's, auto]."""
     dla_core: int | None = None
     """TensorRT targets: build for this DLA core with GPU fallback (Orin NX, AGX Orin)."""
     max_batch: int | None = None

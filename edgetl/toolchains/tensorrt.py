@@ -229,7 +229,11 @@ def _agreement(reference: Any, candidate: Any, quantized: Any, images: Any) -> d
               "max_abs_logit_diff_vs_float": float(np.abs(ref - out).max())}
     if quantized is not None:
         q = np.concatenate([p[2] for p in pairs])
-        result.update(top1_agreement_vs_fp32_qdq=float(np.mean(q.argmax(1) == out.argmax(1))),
+        top2 = np.sort(q, axis=1)[:, -2:] if q.shape[1] > 1 else np.concatenate([q, q], axis=1)
+        flips = q.argmax(1) != out.argmax(1)
+        ties = (top2[:, 1] - top2[:, 0]) <= 2 * np.abs(q - out).max(axis=1)  # the same rule as the ONNX parity
+        result.update(top1_agreement_vs_fp32_qdq=float(np.mean(~flips)),
+                      decisive_flips_vs_fp32_qdq=int((flips & ~ties).sum()),
                       max_abs_logit_diff_vs_fp32_qdq=float(np.abs(q - out).max()))
     return result
 

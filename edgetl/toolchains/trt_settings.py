@@ -14,8 +14,9 @@ from typing import Any, ClassVar, Literal
 from ..errors import ConfigError, TargetError
 from ..profiles import PRECISIONS
 
-CALIBRATION_METHODS = ("minmax", "entropy", "percentile")
-"""Activation range methods of ONNX Runtime's calibrators (the Q/DQ quantizer's ``calibration`` setting)."""
+CALIBRATION_METHODS = ("auto", "minmax", "entropy", "percentile")
+"""The Q/DQ quantizer's ``calibration`` setting: a method of ONNX Runtime's calibrators, or ``auto`` (the one
+that keeps held-out calibration images closest to float)."""
 HARDWARE_COMPATIBILITY = ("none", "ampere+", "same-compute-capability")
 """trtexec --hardwareCompatibilityLevel values (sameComputeCapability from TensorRT 10.9)."""
 

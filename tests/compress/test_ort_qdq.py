@@ -61,7 +61,7 @@ def lite0(learned_base):
     images = np.concatenate([batch for batch, _ in EvalImages(samples, spec).batches(64)])
     float_model = onnx.load(learned_base / "onnx" / "model.onnx")
     before = float_model.SerializeToString()
-    qdq = OrtQDQ().quantize(float_model, calib, spec, QDQSettings())
+    qdq = OrtQDQ().quantize(float_model, calib, spec, QDQSettings(calibration="minmax"))
     return {"float": float_model, "qdq": qdq, "calib": calib, "spec": spec, "images": images,
             "float_untouched": float_model.SerializeToString() == before}
 
@@ -71,10 +71,10 @@ def lite0(learned_base):
 def test_settings_from_a_profile_block():
     settings = OrtQDQ().settings({"calibration": "percentile", "percentile": 99.9, "keep_float": ["first-conv"]})
     assert settings == QDQSettings("percentile", 99.9, ("first-conv",), ("Conv", "Gemm", "MatMul"))
-    assert QDQSettings().calibration == "minmax" and QDQSettings().keep_float == ("first-conv", "classifier")
+    assert QDQSettings().calibration == "auto" and QDQSettings().keep_float == ("first-conv", "classifier")
     with pytest.raises(ConfigError, match=r"jetson.yaml quantization setting 'calibraton' is unknown.*calibration"):
         QDQSettings.from_dict({"calibraton": "entropy"}, "jetson.yaml")
-    with pytest.raises(ConfigError, match="must be one of minmax, entropy, percentile, not 'kl'"):
+    with pytest.raises(ConfigError, match="must be one of minmax, entropy, percentile, auto, not 'kl'"):
         QDQSettings.from_dict({"calibration": "kl"})
     with pytest.raises(ConfigError, match=r"percentile must be a number in \(0, 100\]"):
         QDQSettings(calibration="percentile", percentile=120)
@@ -351,3 +351,35 @@ def test_to_fp16(lite0, which):
     # ONNX Runtime's WeightBiasQuantization rounds bias / (x_scale * w_scale) through fp16 (saturates at
     # 65504): with it on, this model's logits come out wrong. Fails once ONNX Runtime fixes it.
     assert sqnr_db(reference, run(model, images)) < 5
+
+
+# -- calibration: auto ------------------------------------------------------------------------
+
+def test_auto_calibration_picks_the_candidate_closest_to_float_on_held_out_images(lite0):
+    """Every candidate is scored on held-out calibration images only; the chosen one has the lowest KL, and
+    the model returned is that candidate's, calibrated on the fit part, bit for bit."""
+    from edgetl.compress.quantize import calibration_search as cs
+
+    backend = OrtQDQ()
+    model = backend.quantize(lite0["float"], lite0["calib"], lite0["spec"], QDQSettings(calibration="auto"))
+    report = backend.search
+    assert set(report.candidates) == {"minmax", "percentile 99.99", "percentile 99.999", "entropy"}
+    assert (report.fit_images, report.held_out_images) == (21, 6)
+    assert report.chosen == min(report.candidates, key=lambda n: (report.candidates[n]["kl"],
+                                                                  -report.candidates[n]["top1_agreement"]))
+    assert backend.calibration_method(QDQSettings(calibration="auto")) == f"auto: {report.chosen}"
+    assert backend.calibration_report()["chosen"] == report.chosen
+    method, _, point = report.chosen.partition(" ")
+    fit = [s for k, s in enumerate(lite0["calib"]) if k % cs.HELD_OUT_EVERY != cs.HELD_OUT_EVERY - 1]
+    held = set(lite0["calib"][cs.HELD_OUT_EVERY - 1::cs.HELD_OUT_EVERY])
+    assert not held & set(fit) and len(held) == 6
+    again = ort_qdq.quantize_qdq(lite0["float"], fit, lite0["spec"],
+                                 QDQSettings(calibration=method, percentile=float(point) if point else 99.999))
+    assert again.SerializeToString() == model.SerializeToString()
+
+
+def test_auto_calibration_with_too_few_images_is_minmax(lite0):
+    backend = OrtQDQ()
+    model = backend.quantize(lite0["float"], lite0["calib"][:5], lite0["spec"], QDQSettings(calibration="auto"))
+    assert backend.search.chosen == "minmax" and backend.search.held_out_images == 0
+    assert quantized_layers(model)

@@ -171,7 +171,11 @@ def test_int8_writes_both_qdq_onnx_and_records_them(jetson_run):
     assert {i.type.tensor_type.elem_type for i in fp16.graph.input} == {onnx.TensorProto.FLOAT}
     assert any(t.data_type == onnx.TensorProto.FLOAT16 for t in fp16.graph.initializer)
     metrics = stage["metrics"]
-    assert metrics["fp16_twin"]["runs_under_onnxruntime"] and metrics["fp16_twin"]["top1_agreement_vs_fp32_qdq"] >= 0.9
+    twin_check = metrics["fp16_twin"]
+    assert twin_check["runs_under_onnxruntime"] and twin_check["images"] == 9
+    # FP16 scales move near-tied logits of this 32 px model: only a flip wider than twice the logit difference
+    # (the ONNX parity's tie rule) is an error of the twin
+    assert twin_check["decisive_flips_vs_fp32_qdq"] == 0 and twin_check["max_abs_logit_diff_vs_fp32_qdq"] < 0.1
     assert abs(metrics["drop_points"]) <= 100 * 2 / metrics["val_images"]  # at most two val images
     assert (folder / "sensitivity.json").is_file() and metrics["worst_layers"]
 

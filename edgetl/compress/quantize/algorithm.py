@@ -49,6 +49,8 @@ def quantize_within_budget(backend: QuantizerBackend, float_model: Any, calib: l
     metrics: dict[str, Any] = {"method": "ptq", "calibration": backend.calibration_method(settings),
                                "calib_images": len(calib), "ptq_top1": ptq_top1,
                                "ptq_drop_points": round(100 * (float_top1 - ptq_top1), 4)}
+    if backend.calibration_report() is not None:
+        metrics["calibration_search"] = backend.calibration_report()
     if max_drop is None or metrics["ptq_drop_points"] <= max_drop or not accuracy_control:
         return QuantizeOutcome(model, metrics)
     own = type(backend).accuracy_control is not QuantizerBackend.accuracy_control

@@ -38,6 +38,10 @@ class QuantizerBackend(abc.ABC):
         """How ``settings`` choose activation ranges, as recorded in build.json and the bench row."""
         return "default"
 
+    def calibration_report(self) -> dict[str, Any] | None:
+        """What the last :meth:`quantize` tried to choose its ranges (None: nothing was chosen)."""
+        return None
+
     def accuracy_control(self, model: Any, calib: list[tuple[Path, int]], spec: Any, images: Any, labels: Any,
                          max_drop: float, settings: Any, max_iterations: int | None) -> Any:
         """INT8 with layers returned to float until the top-1 drop (a fraction, against this backend's own

@@ -56,6 +56,8 @@ ORT_TESTED = "1.32"
 """The onnxruntime this backend was written against; ``quantize_static(calibration_cache_path=)`` arrived
 in 2026 (microsoft/onnxruntime#28221), older versions are refused with this as the version to install."""
 CALIBRATIONS = {"minmax": "MinMax", "entropy": "Entropy", "percentile": "Percentile"}
+AUTO = "auto"
+"""The calibration setting that chooses among :data:`CALIBRATIONS` per model."""
 ENTROPY_BINS = (512, 128)
 """Entropy (KL) calibration: histogram bins over [-max, max] and quantized bins. ONNX Runtime's KL search
 is pure Python, its cost ~ bins squared: (512, 128) takes ~0.1 s a tensor and searches thresholds down to a
@@ -94,8 +96,9 @@ def import_onnx() -> Any:
 class QDQSettings:
     """ONNX Runtime Q/DQ settings (from the target profile's ``quantization`` block)."""
 
-    calibration: str = "minmax"
-    """Activation ranges: ``minmax``, ``entropy`` (KL) or ``percentile`` (of |x|)."""
+    calibration: str = "auto"
+    """Activation ranges: ``minmax``, ``entropy`` (KL), ``percentile`` (of |x|), or ``auto``: the one of them
+    that keeps the outputs closest to float on held-out calibration images (:mod:`.calibration_search`)."""
     percentile: float = 99.999
     """The percentile of |x| kept by ``percentile`` calibration."""
     keep_float: tuple[str, ...] = ("first-conv", "classifier")
@@ -106,9 +109,10 @@ class QDQSettings:
     op_types_known: ClassVar[tuple[str, ...]] = WEIGHTED_OPS
 
     def __post_init__(self) -> None:
-        if self.calibration not in CALIBRATIONS:
-            raise ConfigError(f"quantization calibration must be one of {', '.join(CALIBRATIONS)}, not "
-                              f"{self.calibration!r}.{did_you_mean(str(self.calibration), list(CALIBRATIONS))}")
+        if self.calibration not in (*CALIBRATIONS, AUTO):
+            known = [*CALIBRATIONS, AUTO]
+            raise ConfigError(f"quantization calibration must be one of {', '.join(known)}, not "
+                              f"{self.calibration!r}.{did_you_mean(str(self.calibration), known)}")
         if isinstance(self.percentile, bool) or not isinstance(self.percentile, (int, float)) \
                 or not 0 < self.percentile <= 100:
             raise ConfigError(f"quantization percentile must be a number in (0, 100], not {self.percentile!r}")
@@ -367,10 +371,24 @@ class OrtQDQ(QuantizerBackend):
     def settings(self, block: dict[str, Any], source: str = "") -> QDQSettings:
         return QDQSettings.from_dict(block, source)
 
+    def __init__(self) -> None:
+        self.search: Any = None
+        """The last ``auto`` calibration's :class:`~.calibration_search.SearchReport`."""
+
     def calibration_method(self, settings: Any) -> str:
+        if settings.calibration == AUTO and self.search is not None:
+            return f"auto: {self.search.chosen}"
         return f"percentile {settings.percentile:g}" if settings.calibration == "percentile" else settings.calibration
 
+    def calibration_report(self) -> dict[str, Any] | None:
+        return self.search.to_dict() if self.search is not None else None
+
     def quantize(self, model: Any, calib: list[tuple[Path, int]], spec: Any, settings: Any) -> Any:
+        if settings.calibration == AUTO:
+            from .calibration_search import search
+
+            model, self.search = search(model, calib, spec, settings)
+            return model
         return quantize_qdq(model, calib, spec, settings)
 
     def rank_layers(self, float_model: Any, model: Any, images: Any) -> list[str]:
