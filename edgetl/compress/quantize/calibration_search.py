@@ -13,7 +13,7 @@ import dataclasses
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
@@ -45,10 +45,10 @@ def label(method: str, percentile: float | None) -> str:
     return f"percentile {percentile:g}" if method == "percentile" else method
 
 
-def search(model: Any, calib: list[tuple[Path, int]], spec: Any, settings: Any) -> tuple[Any, SearchReport]:
-    """The Q/DQ model of the best candidate (calibrated on the fit part) and the report."""
-    from .ort_qdq import quantize_qdq
-
+def search(model: Any, calib: list[tuple[Path, int]], spec: Any, settings: Any, quantize_qdq: Callable[..., Any],
+           session: Callable[..., Any]) -> tuple[Any, SearchReport]:
+    """The Q/DQ model of the best candidate (calibrated on the fit part) and the report. ``quantize_qdq`` and
+    ``session`` are the backend's (:mod:`.ort_qdq` passes its own: this module does not import it)."""
     if len(calib) < MIN_IMAGES:
         chosen = dataclasses.replace(settings, calibration="minmax")
         log.info("calibration: %d images, too few to hold some out: min-max", len(calib))
@@ -56,7 +56,7 @@ def search(model: Any, calib: list[tuple[Path, int]], spec: Any, settings: Any) 
     held = calib[HELD_OUT_EVERY - 1::HELD_OUT_EVERY]
     fit = [s for k, s in enumerate(calib) if k % HELD_OUT_EVERY != HELD_OUT_EVERY - 1]
     images = _decode(held, spec)
-    reference = _softmax(_logits(model, images))
+    reference = _softmax(_logits(session(model, optimize=False), images))
     report = SearchReport("", len(fit), len(held))
     best: tuple[tuple[float, float], Any, str] | None = None
     for method, percentile in CANDIDATES:
@@ -64,7 +64,7 @@ def search(model: Any, calib: list[tuple[Path, int]], spec: Any, settings: Any) 
         candidate = dataclasses.replace(settings, calibration=method,
                                         percentile=percentile if percentile is not None else settings.percentile)
         quantized = quantize_qdq(model, fit, spec, candidate)
-        probs = _softmax(_logits(quantized, images))
+        probs = _softmax(_logits(session(quantized, optimize=False), images))
         kl = float(np.mean(np.sum(reference * (np.log(reference + 1e-12) - np.log(probs + 1e-12)), axis=1)))
         agreement = float(np.mean(probs.argmax(1) == reference.argmax(1)))
         report.candidates[name] = {"kl": round(kl, 6), "top1_agreement": round(agreement, 4)}
@@ -83,10 +83,7 @@ def _decode(samples: list[tuple[Path, int]], spec: Any) -> np.ndarray:
     return np.concatenate(list(CalibrationImages(samples, spec)), axis=0)
 
 
-def _logits(model: Any, images: np.ndarray, batch: int = 16) -> np.ndarray:
-    from .ort_qdq import session
-
-    sess = session(model, optimize=False)
+def _logits(sess: Any, images: np.ndarray, batch: int = 16) -> np.ndarray:
     name, first = sess.get_inputs()[0].name, sess.get_inputs()[0].shape[0]
     batch = first if isinstance(first, int) and first > 0 else batch  # a static batch is run as it is
     return np.concatenate([sess.run(None, {name: images[i:i + batch]})[0] for i in range(0, len(images), batch)])

@@ -387,7 +387,7 @@ class OrtQDQ(QuantizerBackend):
         if settings.calibration == AUTO:
             from .calibration_search import search
 
-            model, self.search = search(model, calib, spec, settings)
+            model, self.search = search(model, calib, spec, settings, quantize_qdq, session)
             return model
         return quantize_qdq(model, calib, spec, settings)
 
