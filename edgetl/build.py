@@ -54,6 +54,14 @@ class TargetBuildConfig:
     """Labelled folder to evaluate on (default: the run's val split)."""
     accuracy_control: bool = True
     """When plain INT8 misses ``max_drop``, run NNCF's accuracy-controlled quantization."""
+    qat: bool | None = None
+    """Quantization-aware training: on (always), off (never); default: when PTQ and its fallback miss the budget."""
+    qat_epochs: int | None = None
+    """QAT epochs [default: a tenth of the fine-tuning's epochs, 2 to 10]."""
+    qat_lr: float = 1e-5
+    """QAT learning rate (AdamW, every layer, cosine decay), the published QAT fine-tuning rate."""
+    qat_patience: int = 2
+    """Stop QAT after this many epochs without a better fake-quantized val top-1."""
     max_reverted_layers: int | None = None
     """Accuracy control: most layers that may return to float (None: no limit)."""
     sensitivity_images: int = 8
@@ -81,6 +89,8 @@ class TargetBuildConfig:
             raise ConfigError(f"max_drop is a number of top-1 points or {NO_BUDGET!r}, got {self.max_drop!r}")
         if isinstance(self.max_drop, (int, float)) and not 0 <= self.max_drop <= 100:
             raise ConfigError(f"max_drop is in top-1 points (0-100), got {self.max_drop}")
+        if self.qat_epochs is not None and self.qat_epochs < 1 or self.qat_lr <= 0 or self.qat_patience < 1:
+            raise ConfigError("qat_epochs and qat_patience must be at least 1 and qat_lr positive")
         if self.sensitivity_images < 0 or self.latency_runs < 0:
             raise ConfigError("sensitivity_images and latency_runs cannot be negative")
 
@@ -134,6 +144,8 @@ def check_build_config(config: TargetBuildConfig) -> tuple[TargetProfile, str, T
     precision = profile.check_precision(config.precision)
     toolchain = get_toolchain(profile.toolchain)
     toolchain.check_config(profile, precision, config, [get_toolchain(name) for name in TOOLCHAINS])
+    if config.qat and precision != Precision.INT8:
+        raise ConfigError(f"--qat trains an INT8 model: it does not apply to --precision {precision}")
     if precision == "int8":
         from .compress.quantize import get_backend
 
@@ -153,13 +165,26 @@ def build_target(run_dir: str | Path, config: TargetBuildConfig | None = None, *
     The float ONNX model and checkpoint are checked against their recorded sha256s (``verify=False``
     skips that), and an ONNX export older than the checkpoint is refused as stale.
     """
+    from .run.keys import StageKind
+    from .stages import stage_for
+
     config = config or TargetBuildConfig()
     profile, precision, toolchain = check_build_config(config)
+    qat = False if precision != Precision.INT8 else config.qat  # None: when PTQ misses the budget
+    qat_target = stage_for(StageKind.QAT).run  # edgetl.qat (through the stage table: it builds on this module)
     manifest = Manifest.load(run_dir)
     manifest.require(ONNX, f"run `edgetl export {run_dir}` first")
     require_current(manifest, ONNX)
     inputs = verify_inputs(manifest, [ONNX_FILE, CHECKPOINT], verify=verify)
-    return _build(manifest.run_dir, manifest, profile, precision, config, inputs, toolchain)
+    if qat:  # --qat: straight to it (it calibrates as PTQ does)
+        return qat_target(run_dir, config, verify=False)
+    try:
+        return _build(manifest.run_dir, manifest, profile, precision, config, inputs, toolchain)
+    except AccuracyBudgetError as exc:
+        if qat is False:
+            raise
+        log.warning("%s; running quantization-aware training (--no-qat: stop at PTQ)", str(exc).split("; kept")[0])
+        return qat_target(run_dir, config, verify=False)
 
 
 # -- the generic build ----------------------------------------------------------------------
@@ -177,7 +202,7 @@ def _build(run_dir: Path, manifest: Manifest, profile: TargetProfile, precision:
              if precision == "int8" else [])
     float_top1 = checkpoint_top1(run_dir, images, images.labels)
     name, final = stage_name(profile.name, precision), run_dir / profile.name / precision
-    build = _Build(toolchain, manifest, profile, precision, config, toolchain.runner_options(profile, precision),
+    build = TargetBuild(toolchain, manifest, profile, precision, config, toolchain.runner_options(profile, precision),
                    images, float_top1, config.budget(profile, precision))
     options = {**asdict(config), "precision": precision, "target": profile.name}
     with stage(manifest, name, options, inputs, busy_hint="another build of it is running") as st:
@@ -211,7 +236,7 @@ def _build(run_dir: Path, manifest: Manifest, profile: TargetProfile, precision:
 
 
 @dataclass
-class _Build:
+class TargetBuild:
     """One target build: quantize within the budget, then save and measure the files as saved."""
 
     toolchain: Toolchain

@@ -15,7 +15,7 @@ from typing import Any
 
 from .._io import sha256
 from ..errors import IntegrityError, RunFolderError
-from .keys import RunState, StageKey, Status, is_done
+from .keys import RunState, StageKey, StageKind, Status, is_done
 from .manifest import Manifest
 from .safe_paths import run_file
 
@@ -100,6 +100,18 @@ def budget_miss(metrics: dict[str, Any]) -> str:
     return f"top-1 drop {drop:.2f} points > budget {budget:g} ({metrics.get('method', '?')}): not packaged by default"
 
 
+def superseded_by(manifest: Manifest, stage: str | StageKey) -> str | None:
+    """For a PTQ build that missed its budget: its current QAT build that met the budget (``TARGET:int8:qat``)."""
+    key = StageKey.parse(str(stage))
+    if key.kind is not StageKind.BUILD:
+        return None
+    qat = StageKey.qat(key.target or "", key.precision or "")
+    record = manifest.record(qat)
+    if record is None or record.status != Status.COMPLETE or stale_reason(manifest, qat):
+        return None
+    return str(qat)
+
+
 def require_current(manifest: Manifest, stage: str | StageKey) -> None:
     """Raise :class:`StaleArtifactError` when ``stage`` is stale."""
     from ..errors import StaleArtifactError
@@ -166,6 +178,8 @@ def run_status(run_dir: str | Path) -> list[StageState]:
             detail = f"{len(problems)} file(s) {state}: re-run `{rerun_hint(name, manifest.run_dir)}`"
         elif stale:
             state, detail = RunState.STALE, f"{stale}: re-run `{rerun_hint(name, manifest.run_dir)}`"
+        elif status == Status.BUDGET_MISSED and (qat := superseded_by(manifest, name)):
+            state, detail = RunState.CURRENT, f"{budget_miss(record.metrics).split(':')[0]}; superseded by {qat}"
         elif status == Status.BUDGET_MISSED:
             state, detail = RunState.BUDGET_MISSED, budget_miss(record.metrics)
         else:

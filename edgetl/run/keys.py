@@ -5,6 +5,7 @@ A stage's key is its name in ``edgetl.json``'s ``stages``::
     finetune | prune | onnx | bench           one stage of that kind per run
     TARGET:PRECISION                          a target build        (``intel-cpu:int8``)
     TARGET:PRECISION:engine                   a TensorRT engine compiled on the device (``jetson:int8:engine``)
+    TARGET:PRECISION:qat                      a target build by quantization-aware training (``jetson:int8:qat``)
 
 :class:`StageKey` parses and prints them; the on-disk names never change. The enums mix in ``str`` so a
 member equals the string stored in JSON (``Status.COMPLETE == "complete"``) and prints as it.
@@ -39,6 +40,8 @@ class StageKind(_Name):
     """A target build, ``TARGET:PRECISION`` on disk."""
     ENGINE = "engine"
     """A TensorRT engine compiled on the device, ``TARGET:PRECISION:engine`` on disk (command ``compile``)."""
+    QAT = "qat"
+    """A target build trained under fake-quant, ``TARGET:PRECISION:qat`` on disk (``export --qat``)."""
     BENCH = "bench"
     TUNE = "tune"
     """A study: it writes a study folder of child runs, no stage record in a run."""
@@ -86,6 +89,9 @@ class Precision(_Name):
 
 
 ENGINE_SUFFIX = StageKind.ENGINE.value
+QAT_SUFFIX = StageKind.QAT.value
+_SUFFIXED = {ENGINE_SUFFIX: StageKind.ENGINE, QAT_SUFFIX: StageKind.QAT}
+_TARGETED = (StageKind.BUILD, StageKind.ENGINE, StageKind.QAT)
 _SINGLE = (StageKind.FINETUNE, StageKind.PRUNE, StageKind.ONNX, StageKind.BENCH)
 
 
@@ -99,7 +105,7 @@ class StageKey:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "kind", StageKind(self.kind))
-        targeted = self.kind in (StageKind.BUILD, StageKind.ENGINE)
+        targeted = self.kind in _TARGETED
         if targeted != bool(self.target and self.precision):
             raise ValueError(f"stage kind {self.kind} {'needs' if targeted else 'takes no'} target and precision")
         for part in (self.target, self.precision):
@@ -116,8 +122,8 @@ class StageKey:
                 return cls(StageKind(name))
             if len(parts) == 2:
                 return cls(StageKind.BUILD, parts[0], parts[1])
-            if len(parts) == 3 and parts[2] == ENGINE_SUFFIX:
-                return cls(StageKind.ENGINE, parts[0], parts[1])
+            if len(parts) == 3 and parts[2] in _SUFFIXED:
+                return cls(_SUFFIXED[parts[2]], parts[0], parts[1])
         except ValueError:
             pass
         raise RunFolderError(f"unknown stage name {name!r} in a run manifest")
@@ -130,17 +136,21 @@ class StageKey:
     def engine(cls, target: str, precision: str) -> StageKey:
         return cls(StageKind.ENGINE, target, str(precision))
 
+    @classmethod
+    def qat(cls, target: str, precision: str) -> StageKey:
+        return cls(StageKind.QAT, target, str(precision))
+
     def __str__(self) -> str:
         if self.kind is StageKind.BUILD:
             return f"{self.target}:{self.precision}"
-        if self.kind is StageKind.ENGINE:
-            return f"{self.target}:{self.precision}:{ENGINE_SUFFIX}"
+        if self.kind in _TARGETED:
+            return f"{self.target}:{self.precision}:{self.kind.value}"
         return self.kind.value
 
     @property
     def built_from(self) -> StageKey | None:
-        """The build an engine is compiled from (None for other kinds)."""
-        if self.kind is StageKind.ENGINE:
+        """The build an engine is compiled from, the PTQ build a QAT build improves on (None for other kinds)."""
+        if self.kind in (StageKind.ENGINE, StageKind.QAT):
             return StageKey.build(self.target or "", self.precision or "")
         return None
 

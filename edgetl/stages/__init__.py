@@ -19,6 +19,7 @@ STAGES: dict[StageKind, str] = {
     StageKind.ONNX: "edgetl.stages.export:Export",
     StageKind.BUILD: "edgetl.stages.build:Build",
     StageKind.ENGINE: "edgetl.stages.compile:Compile",
+    StageKind.QAT: "edgetl.stages.qat:QAT",
     StageKind.BENCH: "edgetl.stages.bench:Bench",
     StageKind.TUNE: "edgetl.stages.tune:Tune",
     StageKind.PACKAGE: "edgetl.stages.package:Package",

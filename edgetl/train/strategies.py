@@ -64,7 +64,8 @@ class Unfreezer:
         for i, params in enumerate(self.groups):
             trainable = i >= len(self.groups) - n
             for p in params:
-                p.requires_grad_(trainable)
+                if p.is_floating_point():  # a quantizer's integer state (NNCF) never trains
+                    p.requires_grad_(trainable)
         for p in self.head_params:
             p.requires_grad_(True)
         return n
@@ -78,7 +79,7 @@ def make_optimizer(model: Any, head_params: list[Any], *, strategy: str, optimiz
     head_ids = {id(p) for p in head_params}
     groups = [{"params": head_params, "lr": lr}]
     if strategy != "linear-probe":
-        groups.append({"params": [p for p in model.parameters() if id(p) not in head_ids],
+        groups.append({"params": [p for p in model.parameters() if id(p) not in head_ids and p.is_floating_point()],
                        "lr": lr * backbone_lr_scale})
     if optimizer == "sgd":
         return torch.optim.SGD(groups, momentum=0.9, weight_decay=weight_decay, nesterov=True)

@@ -214,15 +214,20 @@ def calibrate(path: str, input_name: str, op_types: list[str], tensors: set[str]
     return method
 
 
-def quantize_qdq(model: Any, calib: list[tuple[Path, int]], spec: Any, settings: QDQSettings | None = None) -> Any:
-    """A Q/DQ INT8 copy of the float ONNX ``model`` that passes :func:`check_qdq_rules`."""
+def quantize_qdq(model: Any, calib: list[tuple[Path, int]], spec: Any, settings: QDQSettings | None = None, *,
+                 ranges: str | None = None, record: list[str] | None = None) -> Any:
+    """A Q/DQ INT8 copy of the float ONNX ``model`` that passes :func:`check_qdq_rules`. ``ranges``: activation
+    ranges (a calibration cache's text, as ``record`` received it from an earlier call on the same graph)
+    used instead of calibrating; ``record``: a list the ranges used are appended to."""
     onnx = import_onnx()
     quantization = import_quantization()
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
-    settings = settings or QDQSettings()
-    if not calib:
+    settings = settings or QDQSettings(calibration="minmax")
+    if not calib and ranges is None:
         raise ConfigError("Q/DQ quantization needs at least one calibration image")
+    if settings.calibration == AUTO:
+        raise ConfigError("quantize_qdq takes one calibration method (OrtQDQ.quantize chooses one for auto)")
     model = copy.deepcopy(model)
     name_nodes(model)
     keep, unknown = keep_float_nodes(model, settings.keep_float)
@@ -246,7 +251,13 @@ def quantize_qdq(model: Any, calib: list[tuple[Path, int]], spec: Any, settings:
         quantized = set(layers) | set(adds)
         op_types = list(settings.op_types) + (["Add"] if adds else [])
         tensors = {t for n in nodes if n.name in quantized for t in (n.input if n.op_type == "Add" else n.input[:1])}
-        method = calibrate(pre, GraphIndex(prepared).inputs[0], op_types, tensors, calib, spec, settings, cache)
+        if ranges is None:
+            method = calibrate(pre, GraphIndex(prepared).inputs[0], op_types, tensors, calib, spec, settings, cache)
+        else:
+            Path(cache).write_text(ranges)
+            method = getattr(quantization.CalibrationMethod, CALIBRATIONS[settings.calibration])
+        if record is not None:
+            record.append(Path(cache).read_text())
         quantization.quantize_static(
             pre, out, None, quant_format=quantization.QuantFormat.QDQ, op_types_to_quantize=op_types,
             per_channel=True, activation_type=quantization.QuantType.QInt8, weight_type=quantization.QuantType.QInt8,
