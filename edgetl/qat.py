@@ -19,15 +19,9 @@ import math
 from pathlib import Path
 from typing import Any
 
+from . import build as ptq
 from ._io import staging_dir
-from .build import (
-    TargetBuild,
-    TargetBuildConfig,
-    TargetBuildResult,
-    check_build_config,
-    checkpoint_top1,
-    quantization_block,
-)
+from .build import TargetBuild, TargetBuildConfig, TargetBuildResult, check_build_config, quantization_block
 from .errors import AccuracyBudgetError, RunFolderError
 from .export import CHECKPOINT, ONNX_FILE
 from .run.integrity import require_current
@@ -85,7 +79,7 @@ class _QAT:
         spec = PreprocessSpec.from_dict(manifest.preprocessing)
         images = EvalImages(run_eval_samples(manifest, cfg.data), spec)
         calib = q.calibration_samples(manifest, cfg.calib_data, cfg.calib_size, cfg.seed)
-        float_top1 = checkpoint_top1(run_dir, images, images.labels)
+        float_top1 = ptq.checkpoint_top1(run_dir, images, images.labels)  # the PTQ build's reference
         build = TargetBuild(self.toolchain, manifest, self.profile, Precision.INT8, cfg,
                             self.toolchain.runner_options(self.profile, Precision.INT8), images, float_top1,
                             cfg.budget(self.profile, Precision.INT8))

@@ -31,7 +31,7 @@ def missed_run(tiny_run, tmp_path_factory) -> Path:
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr("edgetl.build.checkpoint_top1", lambda *a, **k: 1.0)
         with pytest.raises(AccuracyBudgetError):
-            build_target(run, TargetBuildConfig(precision="int8", calib_size=8, accuracy_control=False,
+            build_target(run, TargetBuildConfig(precision="int8", calib_size=8, accuracy_control=False, qat=False,
                                                 latency_runs=2, sensitivity_images=0))
     return run
 
@@ -54,7 +54,7 @@ def test_cli_says_so_in_one_line_and_exits_non_zero(tiny_run: Path, tmp_path: Pa
     run = Path(shutil.copytree(tiny_run, tmp_path / "run"))
     monkeypatch.setattr("edgetl.build.checkpoint_top1", lambda *a, **k: 1.0)
     result = invoke("export", run, "--target", "intel-cpu", "--precision", "int8", "--no-accuracy-control",
-                    "--latency-runs", 2, "--sensitivity-images", 0, "--calib-size", 8)
+                    "--no-qat", "--latency-runs", 2, "--sensitivity-images", 0, "--calib-size", 8)
     assert result.exit_code == 1
     errors = [line for line in result.output.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and "missed its accuracy budget" in errors[0]

@@ -134,7 +134,7 @@ def test_budget_missed_keeps_best_model_and_raises(run, monkeypatch):
     monkeypatch.setattr(build, "checkpoint_top1", lambda *a, **k: 1.0)
     with pytest.raises(AccuracyBudgetError, match=r"exceeds a budget of 1 point \(target intel-cpu\).*"
                                                   r"kept in .* as budget-missed"):
-        build_target(run, TargetBuildConfig(precision="int8", calib_size=9, max_reverted_layers=1, **FAST))
+        build_target(run, TargetBuildConfig(precision="int8", calib_size=9, max_reverted_layers=1, qat=False, **FAST))
     stage = _stage(run, "intel-cpu:int8")
     assert stage["status"] == BUDGET_MISSED
     assert stage["metrics"]["max_drop"] == 1.0 and stage["metrics"]["budget_source"] == "target intel-cpu"
@@ -212,5 +212,5 @@ def test_lite0_bad_calibration_misses_budget_for_real(lite0_run, tmp_path):
             Image.new("RGB", (64, 64), (128, 128, 128)).save(tmp_path / "grey" / name / f"{i}.png")
     with pytest.raises(AccuracyBudgetError, match="budget-missed"):
         build_target(lite0_run, TargetBuildConfig(precision="int8", calib_data=str(tmp_path / "grey"), max_drop=0.5,
-                                                  max_reverted_layers=1, **FAST))
+                                                  max_reverted_layers=1, qat=False, **FAST))
     assert _stage(lite0_run, "intel-cpu:int8")["status"] == BUDGET_MISSED

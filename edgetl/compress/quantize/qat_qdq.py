@@ -38,8 +38,11 @@ class QDQPlan:
 
     input_scales: dict[str, float] = field(default_factory=dict)
     weights: list[str] = field(default_factory=list)
+    residual_inputs: list[str] = field(default_factory=list)
+    """Layers whose quantized input also feeds a residual Add (the Add reads it in INT8 too): the fake-quant
+    goes on the outermost module that takes that input, so the shortcut sees it as well."""
     not_emulated: int = 0
-    """Activation Q/DQs of the PTQ model with no layer behind them (residual-Add identity inputs)."""
+    """Activation Q/DQs of the PTQ model that no layer's input fake-quant reproduces."""
 
 
 # -- BatchNorm folding ----------------------------------------------------------------------
@@ -183,6 +186,8 @@ def plan_from_qdq(qdq: Any, modules: dict[str, Any]) -> QDQPlan:
         dq = index.dq(nodes[node_name].input[0])
         plan.input_scales[module] = float(index.array(dq.input[1]).reshape(-1)[0])
         fed.add(dq.name or dq.output[0])
+        if any(consumer.op_type == "Add" for consumer, _ in index.consumers[dq.output[0]]):
+            plan.residual_inputs.append(module)
     plan.not_emulated = sum(1 for n in qdq.graph.node if n.op_type == "DequantizeLinear"
                             and index.array(index.raw(n.output[0])) is None and (n.name or n.output[0]) not in fed)
     return plan
@@ -214,20 +219,50 @@ def _input_fake_quant(module, inputs):
             *inputs[1:])
 
 
-def attach_fake_quant(model: Any, plan: QDQPlan) -> list[Any]:
+def attach_fake_quant(model: Any, plan: QDQPlan, example: Any) -> list[Any]:
     """Put ``plan``'s fake-quant on ``model`` in place; returns the hooks (kept until :func:`detach_fake_quant`).
-    The input scales are buffers (``qat_input_scale``): they are saved with the weights."""
+    The input scales are buffers (``qat_input_scale``): they are saved with the weights. ``example``: an input
+    batch, to find the modules that take a residual layer's input (:attr:`QDQPlan.residual_inputs`)."""
     import torch
     from torch.nn.utils import parametrize
 
+    owners = _outermost_owners(model, plan.residual_inputs, example)
     hooks = []
     for name in plan.weights:
         parametrize.register_parametrization(model.get_submodule(name), "weight", _weight_fake_quant_class()())
     for name, scale in sorted(plan.input_scales.items()):
-        module = model.get_submodule(name)
-        module.register_buffer("qat_input_scale", torch.tensor(scale, dtype=torch.float32))
-        hooks.append(module.register_forward_pre_hook(_input_fake_quant))
+        for site in dict.fromkeys([name, owners.get(name, name)]):  # idempotent: the layer's own is kept
+            module = model.get_submodule(site)
+            module.register_buffer("qat_input_scale", torch.tensor(scale, dtype=torch.float32))
+            hooks.append(module.register_forward_pre_hook(_input_fake_quant))
     return hooks
+
+
+def _outermost_owners(model: Any, names: list[str], example: Any) -> dict[str, str]:
+    """For each module in ``names``, its outermost ancestor whose input is the very same tensor (the block
+    whose shortcut reads it), found by one forward pass; absent when there is none."""
+    import torch
+
+    if not names:
+        return {}
+    seen: dict[str, Any] = {}
+    hooks = [m.register_forward_pre_hook(lambda m, inputs, n=n: seen.setdefault(n, inputs[0] if inputs else None))
+             for n, m in model.named_modules() if n]
+    try:
+        with torch.no_grad():
+            model.eval()(example)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    owners = {}
+    for name in names:
+        parts = name.split(".")
+        for k in range(1, len(parts)):
+            ancestor = ".".join(parts[:k])
+            if seen.get(ancestor) is not None and seen.get(ancestor) is seen.get(name):
+                owners[name] = ancestor
+                break
+    return owners
 
 
 def detach_fake_quant(model: Any, hooks: list[Any]) -> None:
@@ -311,7 +346,7 @@ class QDQTraining(QATEngine):
         frozen = [p for p in model.parameters() if id(p) not in trained]
         for param in frozen:  # nothing the ONNX model would not receive back
             param.requires_grad_(False)
-        self.hooks = attach_fake_quant(model, self.plan)
+        self.hooks = attach_fake_quant(model, self.plan, torch.zeros(1, 3, spec.input_size, spec.input_size))
         log.info("QAT: %d BatchNorm(s) folded, %d layer(s) fake-quantized as the PTQ Q/DQ model (%s calibration)%s",
                  self.folded, len(self.plan.weights), self.settings.calibration,
                  f", {self.plan.not_emulated} Q/DQ not emulated" if self.plan.not_emulated else "")
