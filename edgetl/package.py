@@ -16,6 +16,7 @@ the sha256 of every file as bundled. The bundle is written beside the run (stagi
 from __future__ import annotations
 
 import json
+import logging
 import shutil
 import tarfile
 import tempfile
@@ -27,13 +28,15 @@ from . import __version__
 from ._io import atomic_path, sha256, staging_dir, utc_now, write_json
 from .errors import AccuracyBudgetError, RunFolderError
 from .run.builds import built, choose_build
-from .run.integrity import budget_miss, verified_file
+from .qat import TRAINING_DIR
+from .run.integrity import budget_miss, superseded_by, verified_file
 from .run.keys import BENCH, StageKey, Status
 from .run.manifest import Manifest
 from .run.records import ArtifactRecord
 from .runtime import SCHEMA_VERSION
 from .runtime.bundle import BUNDLE_FILE, LABELS_FILE
 
+log = logging.getLogger(__name__)
 LEFT_OUT = ("sensitivity.json", "layers.json", "timing.cache")
 """Stage files that are diagnostics, not deployment: not bundled."""
 CPP_SAMPLES = Path(__file__).parent / "runtime" / "cpp"
@@ -73,8 +76,8 @@ def package(run: str | Path, config: PackageConfig | None = None, *, overwrite: 
 
     config = config or PackageConfig()
     manifest = Manifest.load(run)
-    precision = _precision(manifest, config)
-    stage_name = StageKey.build(config.target, precision)
+    stage_name = _stage(manifest, config)
+    precision = stage_name.precision or ""
     files = _stage_files(manifest, stage_name, config.verify)
     engine_stage = StageKey.engine(config.target, precision)
     if manifest.completed(engine_stage):
@@ -86,7 +89,7 @@ def package(run: str | Path, config: PackageConfig | None = None, *, overwrite: 
     final.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=f".{final.name}.", dir=final.parent) as staging:
         root = Path(staging) / name
-        meta = _assemble(manifest, config.target, precision, files, root)
+        meta = _assemble(manifest, stage_name, files, root)
         if config.folder:
             with staging_dir(final) as out:
                 shutil.copytree(root, out, dirs_exist_ok=True)
@@ -103,15 +106,19 @@ def _plain_member(info: tarfile.TarInfo) -> tarfile.TarInfo:
     return info
 
 
-def _precision(manifest: Manifest, config: PackageConfig) -> str:
-    """The precision to package (:func:`edgetl.run.builds.choose_build`): a build within its budget, or one
-    that missed it when ``allow_budget_miss``."""
+def _stage(manifest: Manifest, config: PackageConfig) -> StageKey:
+    """The build to package (:func:`edgetl.run.builds.choose_build`): a build within its budget, the QAT build
+    that met the budget its PTQ build missed, or a build that missed it when ``allow_budget_miss``."""
     key = choose_build(manifest, config.target, config.precision, built(manifest, target=config.target))
     record = manifest.record(key)
+    qat = superseded_by(manifest, key) if record.status == Status.BUDGET_MISSED else None
+    if qat is not None:
+        log.info("%s missed its accuracy budget: packaging %s, which met it", key, qat)
+        return StageKey.parse(qat)
     if record.status == Status.BUDGET_MISSED and not config.allow_budget_miss:
         raise AccuracyBudgetError(f"{key} missed its accuracy budget ({budget_miss(record.metrics)}): rebuild it "
                                   f"within the budget, or pass --allow-budget-miss to package it anyway")
-    return key.precision or ""
+    return key
 
 
 def _stage_files(manifest: Manifest, stage_name: StageKey, verify: bool) -> dict[str, ArtifactRecord]:
@@ -119,22 +126,21 @@ def _stage_files(manifest: Manifest, stage_name: StageKey, verify: bool) -> dict
     records = manifest.record(stage_name).artifacts
     out = {}
     for rel, record in records.items():
-        if Path(rel).name in LEFT_OUT:
+        if Path(rel).name in LEFT_OUT or Path(rel).parts[0] == TRAINING_DIR:  # diagnostics, QAT's checkpoints
             continue
         verified_file(manifest, rel, verify=verify)
         out[rel] = record
     return out
 
 
-def _assemble(manifest: Manifest, target: str, precision: str, files: dict[str, ArtifactRecord],
-              root: Path) -> dict[str, Any]:
+def _assemble(manifest: Manifest, stage: StageKey, files: dict[str, ArtifactRecord], root: Path) -> dict[str, Any]:
     """The bundle folder at ``root``; returns its bundle.json."""
     model_dir = root / "model"
     model_dir.mkdir(parents=True)
     for rel in files:
         shutil.copy2(manifest.run_dir / rel, model_dir / Path(rel).name)
     model_rel, record = _main_model(files)
-    meta = _meta(manifest, target, precision, model_rel, record, files)
+    meta = _meta(manifest, stage, model_rel, record, files)
     add_metadata(model_dir, meta)
     (root / LABELS_FILE).write_text("".join(f"{label}\n" for label in manifest.classes), encoding="utf-8")
     if CPP_SAMPLES.is_dir():
@@ -155,9 +161,10 @@ def _main_model(files: dict[str, ArtifactRecord]) -> tuple[str, ArtifactRecord]:
     return chosen, files[chosen]
 
 
-def _meta(manifest: Manifest, target: str, precision: str, model_rel: str, record: ArtifactRecord,
+def _meta(manifest: Manifest, stage: StageKey, model_rel: str, record: ArtifactRecord,
           files: dict[str, ArtifactRecord]) -> dict[str, Any]:
     """bundle.json without ``files`` (added once every file is in place)."""
+    target, precision = stage.target or "", stage.precision or ""
     from .preprocessing import PreprocessSpec
 
     spec = PreprocessSpec.from_dict(manifest.preprocessing)
@@ -179,8 +186,8 @@ def _meta(manifest: Manifest, target: str, precision: str, model_rel: str, recor
         "output": {"name": io["output"], "shape": [io["shape"][0], len(manifest.classes)], "semantics": "logits",
                    "scores": "softmax"},
         "labels": list(manifest.classes),
-        "accuracy": bench[0], "latency": bench[1], "budget": _budget(manifest, StageKey.build(target, precision)),
-        "source": {"run": str(manifest.run_dir), "model": manifest.model, "stage": f"{target}:{precision}",
+        "accuracy": bench[0], "latency": bench[1], "budget": _budget(manifest, stage),
+        "source": {"run": str(manifest.run_dir), "model": manifest.model, "stage": str(stage),
                    "artifacts": {rel: rec.sha256 for rel, rec in files.items()}},
     }
 

@@ -62,6 +62,7 @@ def test_qdq_qat_is_a_recorded_stage_with_its_training(learned_base, tmp_path):
     assert built["metrics"]["method"] == "qat" and built["metrics"]["top1"] == m["top1"]
 
 
+@pytest.mark.slow
 def test_nncf_qat_ir_runs_in_int8(learned_base, tmp_path):
     run = _copy(learned_base, tmp_path)
     result = qat_target(run, TargetBuildConfig(target="intel-cpu", qat_epochs=1, **FAST), progress=False)
@@ -74,6 +75,7 @@ def test_nncf_qat_ir_runs_in_int8(learned_base, tmp_path):
     assert sum(op.get_type_name() == "FakeQuantize" for op in ops) > 0
 
 
+@pytest.mark.slow
 def test_a_ptq_miss_runs_qat_and_a_fixed_miss_is_current(learned_base, tmp_path, monkeypatch):
     """PTQ pinned to miss (its float reference is 100%), QAT judged against the same reference also misses:
     both are recorded budget-missed and status fails; with the QAT build recorded complete, the PTQ miss is
@@ -92,6 +94,11 @@ def test_a_ptq_miss_runs_qat_and_a_fixed_miss_is_current(learned_base, tmp_path,
     (run / "edgetl.json").write_text(json.dumps(data))
     status = CliRunner().invoke(cli, ["status", str(run)])
     assert status.exit_code == 0 and "superseded by jetson:int8:qat" in status.output
+    from edgetl.package import PackageConfig, package
+
+    meta = package(run, PackageConfig(target="jetson", output=str(tmp_path / "b.tar.gz"))).meta
+    assert meta["source"]["stage"] == "jetson:int8:qat" and meta["budget"]["method"] == "qat"
+    assert meta["model"]["key"] == "jetson/int8-qat/model.qdq.onnx" and "model/checkpoint.pt" not in meta["files"]
 
 
 def test_qat_is_refused_for_float_precisions(learned_base):

@@ -102,6 +102,10 @@ def _report_build(built) -> None:
     click.echo(f"{built.path}: top-1 {100 * m['top1']:.2f}% (float {100 * m['float_top1']:.2f}%, drop "
                f"{m['drop_points']:.2f} points), runs in {m['executed_precision']}, "
                f"batch-1 p50 {m['latency_p50_ms']} ms")
+    if m.get("qat"):
+        q = m["qat"]
+        click.echo(f"  quantization-aware training: {q['epochs_run']} epoch(s), best at epoch {q['best_epoch']} (0: "
+                   f"as calibrated), fake-quant val top-1 {100 * q['fake_quant_val_top1']:.2f}%")
     control = m.get("accuracy_control")
     if control and control.get("reverted_to_float"):
         names = m.get("float_modules") or control["reverted_to_float"]

@@ -34,8 +34,9 @@ def lite0(learned_base):
     samples = run_eval_samples(manifest, split="val") + run_eval_samples(manifest, split="train")
     images = np.concatenate([batch for batch, _ in EvalImages(samples, spec).batches(64)])
     model, _ = load_run_model(learned_base)
-    return {"float": onnx.load(learned_base / "onnx" / "model.onnx"), "calib": calib, "spec": spec,
-            "images": images, "torch": model}
+    float_model = onnx.load(learned_base / "onnx" / "model.onnx")
+    return {"float": float_model, "calib": calib, "spec": spec, "images": images, "torch": model,
+            "ptq": ort_qdq.quantize_qdq(float_model, calib, spec, MINMAX)}
 
 
 def _mean_abs(a, b):
@@ -61,7 +62,7 @@ def test_fake_quant_reproduces_the_ptq_qdq_model(lite0):
     """The fake-quantized PyTorch model is much closer to the PTQ Q/DQ model under ONNX Runtime than the float
     model is: it computes what the Q/DQ file computes (every quantized layer, weights and input, and the
     residual shortcuts that read a quantized input)."""
-    qdq = ort_qdq.quantize_qdq(lite0["float"], lite0["calib"], lite0["spec"], MINMAX)
+    qdq = lite0["ptq"]
     model = copy.deepcopy(lite0["torch"])
     x = lite0["images"]
     reference = _logits(model, x)
@@ -85,7 +86,7 @@ def test_qat_qdq_file_has_the_ptq_placement_and_ranges(lite0):
         first = model.get_submodule(engine.plan.weights[0])
         first.parametrizations.weight.original.mul_(1.05)  # training changed a weight
     qat = engine.export(model)
-    ptq = ort_qdq.quantize_qdq(lite0["float"], lite0["calib"], lite0["spec"], MINMAX)
+    ptq = lite0["ptq"]
     keep, _ = keep_float_nodes(qat, MINMAX.keep_float)
     assert keep and check_qdq_rules(qat, keep) == []
     assert quantized_layers(qat) == quantized_layers(ptq)

@@ -251,13 +251,8 @@ def quantize_qdq(model: Any, calib: list[tuple[Path, int]], spec: Any, settings:
         quantized = set(layers) | set(adds)
         op_types = list(settings.op_types) + (["Add"] if adds else [])
         tensors = {t for n in nodes if n.name in quantized for t in (n.input if n.op_type == "Add" else n.input[:1])}
-        if ranges is None:
-            method = calibrate(pre, GraphIndex(prepared).inputs[0], op_types, tensors, calib, spec, settings, cache)
-        else:
-            Path(cache).write_text(ranges)
-            method = getattr(quantization.CalibrationMethod, CALIBRATIONS[settings.calibration])
-        if record is not None:
-            record.append(Path(cache).read_text())
+        method = _ranges(pre, GraphIndex(prepared).inputs[0], op_types, tensors, calib, spec, settings, cache,
+                         ranges, record)
         quantization.quantize_static(
             pre, out, None, quant_format=quantization.QuantFormat.QDQ, op_types_to_quantize=op_types,
             per_channel=True, activation_type=quantization.QuantType.QInt8, weight_type=quantization.QuantType.QInt8,
@@ -275,6 +270,19 @@ def quantize_qdq(model: Any, calib: list[tuple[Path, int]], spec: Any, settings:
     if problems:
         raise ModelError(f"the Q/DQ model breaks {len(problems)} TensorRT placement rule(s): {'; '.join(problems[:5])}")
     return result
+
+
+def _ranges(path: str, input_name: str, op_types: list[str], tensors: set[str], calib: list[tuple[Path, int]],
+            spec: Any, settings: QDQSettings, cache: str, ranges: str | None, record: list[str] | None) -> Any:
+    """The calibration cache ``quantize_static`` reads: calibrated (:func:`calibrate`), or ``ranges`` as given."""
+    if ranges is None:
+        method = calibrate(path, input_name, op_types, tensors, calib, spec, settings, cache)
+    else:
+        Path(cache).write_text(ranges)
+        method = getattr(import_quantization().CalibrationMethod, CALIBRATIONS[settings.calibration])
+    if record is not None:
+        record.append(Path(cache).read_text())
+    return method
 
 
 def _restore_header(result: Any, original: Any) -> None:
