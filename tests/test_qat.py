@@ -60,6 +60,14 @@ def test_qdq_qat_is_a_recorded_stage_with_its_training(learned_base, tmp_path):
     assert len(quantized_layers(model)) == m["qat"]["fake_quantized_layers"]
     built = json.loads((run / "jetson" / "int8-qat" / "build.json").read_text())
     assert built["metrics"]["method"] == "qat" and built["metrics"]["top1"] == m["top1"]
+    from edgetl.bench import BenchConfig, benchmark
+
+    report = benchmark(run, BenchConfig(batch_sizes=(1,), warmup=1, iterations=3, rounds=1, round_time_s=0.3,
+                                        min_iterations=2, memory=False, bootstrap=100, runtimes=("onnxruntime",)),
+                       progress=False)
+    row = next(r for r in report.results if r["key"] == "jetson/int8-qat/model.qdq.onnx")
+    assert row["label"].endswith(" QAT") and row["build"]["method"] == "qat"
+    assert row["accuracy"]["top1"] == pytest.approx(m["top1"])
 
 
 @pytest.mark.slow

@@ -222,6 +222,10 @@ def _rss_bytes() -> int | None:
         return None
 
 
+METHOD_TITLES = {"qat": "QAT", "accuracy-control": "accuracy control"}
+"""Label suffixes of builds made otherwise than by plain PTQ (fallback: ``fallback(2 float layers)``)."""
+
+
 def _label(target: BenchTarget, executed: str | None) -> str:
     built = (target.precision or executed or "?").upper()
     label = f"{RUNTIME_TITLES.get(target.runtime, target.runtime)} {built}"
@@ -229,6 +233,9 @@ def _label(target: BenchTarget, executed: str | None) -> str:
         label += f" (ran {executed})"
     if target.variant == "f32-hint":
         label += " (f32 hint)"
+    method = (target.build or {}).get("method") or ""
+    if method in METHOD_TITLES or method.startswith("ptq+fallback"):  # how an INT8 build was made
+        label += f" {METHOD_TITLES.get(method, method.replace('ptq+', '').replace('layer', 'float layer'))}"
     return f"{target.run}: {label}" if target.run else label
 
 
