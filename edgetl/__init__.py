@@ -16,6 +16,7 @@ _LAZY = {
     "build_model": "edgetl.models:build_model",
     "build_target": "edgetl.build:build_target",
     "TargetBuildConfig": "edgetl.build:TargetBuildConfig",
+    "qat_target": "edgetl.qat:qat_target",
     "benchmark": "edgetl.bench:benchmark",
     "BenchConfig": "edgetl.bench:BenchConfig",
     "Manifest": "edgetl.run:Manifest",

@@ -57,8 +57,9 @@ def export(run, target, no_verify, values, given) -> None:
 
     RUN defaults to the most recently modified run under ./runs. With --target, also build the device
     artifact (OpenVINO IR in RUN/intel-cpu/int8/; for jetson and nvidia-gpu the Q/DQ or FP16 ONNX that
-    TensorRT builds its engine from, with the trtexec lines in build.json); the
-    ONNX export runs first when the run has none yet, when it is stale (exported from an older
+    TensorRT builds its engine from, with the trtexec lines in build.json) within the target's accuracy
+    budget: INT8 that misses it falls back, then runs quantization-aware training (RUN/TARGET/int8-qat/;
+    --qat forces it, --no-qat forbids it; docs/qat.md). The ONNX export runs first when the run has none yet, when it is stale (exported from an older
     checkpoint), or when ONNX options given here differ from those it was exported with. Every run
     file used is checked against its recorded sha256 first. Build options (--precision, --max-drop, ...)
     need --target.
