@@ -26,12 +26,6 @@ torch = pytest.importorskip("torch")
 FAST = dict(precision="int8", calib_size=12, sensitivity_images=0, latency_runs=0, max_drop="none")
 
 
-@pytest.fixture(autouse=True)
-def _nncf_reference_kernels(monkeypatch):
-    """No C++ compile in the tests (minutes on a fresh machine): NNCF's torch-native kernels, the same model."""
-    monkeypatch.setenv("EDGETL_NNCF_REFERENCE_KERNELS", "1")
-
-
 def _copy(learned_base: Path, tmp_path: Path) -> Path:
     return Path(shutil.copytree(learned_base, tmp_path / "run"))
 
@@ -76,7 +70,7 @@ def test_nncf_qat_ir_runs_in_int8(learned_base, tmp_path):
     result = qat_target(run, TargetBuildConfig(target="intel-cpu", qat_epochs=1, **FAST), progress=False)
     m = Manifest.load(run).record("intel-cpu:int8:qat").metrics
     assert m["executed_precision"] == "int8" and m["qat"]["engine"] == "nncf-torch"
-    assert m["qat"]["kernels"] == "reference"
+    assert m["qat"]["kernels"] == "torch"  # the default: no C++ compile
     from edgetl.backends.openvino import import_openvino
 
     ops = import_openvino().Core().read_model(result.path).get_ops()
@@ -117,7 +111,6 @@ def test_qat_is_refused_for_float_precisions(learned_base):
 
 SCRIPT = """
 import os, sys
-os.environ["EDGETL_NNCF_REFERENCE_KERNELS"] = "1"
 from edgetl.build import TargetBuildConfig
 from edgetl.qat import qat_target
 qat_target(sys.argv[1], TargetBuildConfig(target="jetson", calibration="minmax", qat_epochs=6, qat_patience=6,

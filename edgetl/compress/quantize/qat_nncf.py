@@ -4,9 +4,11 @@
 model) gives a model with FakeQuantize ops whose ranges are initialised from calibration and then trained
 with the weights; ``openvino.convert_model`` turns the trained one into an IR that runs in INT8.
 
-NNCF's CPU fake-quant kernels are a C++ extension compiled on first use (a minute or more): when it cannot
-be built in :data:`EXTENSION_TIMEOUT_S` seconds, or at all, training runs on NNCF's torch-native kernels
-(said in one line; slower per step, the same model).
+NNCF's CPU fake-quant kernels come two ways: torch-native ops (the default here: measured as fast as the
+C++ extension on a 2-core x86 CPU, 1.9 vs 2.1 s per 16-image EfficientNet-Lite0 step at 224 px, and nothing
+to compile) or a C++ extension compiled on first use (``EDGETL_NNCF_KERNELS=extension``: a minute or more, a
+compiler needed; when it cannot be built in :data:`EXTENSION_TIMEOUT_S` seconds, or at all, QAT says so in
+one line and uses the torch-native kernels).
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from ..._console import stdout_to_stderr
+from ...errors import ConfigError
 from .calibration import CalibrationImages
 from .nncf_openvino import import_nncf
 from .qat import QATEngine
@@ -24,34 +27,38 @@ from .qat import QATEngine
 log = logging.getLogger(__name__)
 EXTENSION_TIMEOUT_S = 240
 """How long NNCF may compile its CPU extension before QAT uses its torch-native kernels."""
-REFERENCE_ENV = "EDGETL_NNCF_REFERENCE_KERNELS"
-"""Set to 1 to skip NNCF's C++ extension (tests, machines without a compiler)."""
+KERNELS_ENV = "EDGETL_NNCF_KERNELS"
+"""``torch`` (default) or ``extension``: which fake-quant kernels NNCF trains with."""
 
 
 def use_kernels() -> str:
-    """Load NNCF's CPU fake-quant extension, or fall back to its torch-native kernels; returns which."""
+    """NNCF's torch-native fake-quant kernels, or with ``EDGETL_NNCF_KERNELS=extension`` its C++ extension
+    (compiled now; the torch-native ones when that fails); returns which: ``torch`` or ``extension``."""
     from nncf.torch.quantization import extensions
     from nncf.torch.quantization.reference import ReferenceQuantizedFunctions
 
     namespace = extensions.QuantizedFunctionsCPU
+    wanted = os.environ.get(KERNELS_ENV, "torch")
+    if wanted not in ("torch", "extension"):
+        raise ConfigError(f"{KERNELS_ENV} must be torch or extension, not {wanted!r}")
+    if wanted == "torch" or namespace._loaded_namespace is ReferenceQuantizedFunctions:
+        namespace._loaded_namespace = ReferenceQuantizedFunctions
+        return "torch"
     if namespace._loaded_namespace is not None:
-        return "reference" if namespace._loaded_namespace is ReferenceQuantizedFunctions else "extension"
-    reason = "skipped (EDGETL_NNCF_REFERENCE_KERNELS=1)" if os.environ.get(REFERENCE_ENV) == "1" else None
-    if reason is None:
-        os.environ.setdefault("NNCF_EXTENSION_LOAD_TIMEOUT", str(EXTENSION_TIMEOUT_S))
-        try:
-            with stdout_to_stderr("nncf"):
-                namespace.get("Quantize_forward")
-        except Exception as exc:  # noqa: BLE001  (a compiler missing, a timeout, a build error)
-            reason = f"could not be built ({type(exc).__name__}: {str(exc).splitlines()[0][:120] if str(exc) else ''})"
-    if namespace._loaded_namespace is ReferenceQuantizedFunctions and reason is None:
-        reason = "could not be built (see NNCF's warning above)"
-    if reason is None:
+        return "extension"
+    os.environ.setdefault("NNCF_EXTENSION_LOAD_TIMEOUT", str(EXTENSION_TIMEOUT_S))
+    reason = None
+    try:
+        with stdout_to_stderr("nncf"):
+            namespace.get("Quantize_forward")
+    except Exception as exc:  # noqa: BLE001  (a compiler missing, a timeout, a build error)
+        reason = f"{type(exc).__name__}: {str(exc).splitlines()[0][:120] if str(exc) else ''}"
+    if reason is None and namespace._loaded_namespace is not ReferenceQuantizedFunctions:
         return "extension"
     namespace._loaded_namespace = ReferenceQuantizedFunctions
-    log.warning("NNCF's C++ fake-quant extension %s: QAT runs on its torch-native kernels (the same model, "
-                "slower per training step)", reason)
-    return "reference"
+    log.warning("NNCF's C++ fake-quant extension could not be built (%s): QAT uses NNCF's torch-native kernels "
+                "(the same model, about as fast on a CPU)", reason or "see NNCF's warning above")
+    return "torch"
 
 
 class NNCFTraining(QATEngine):
