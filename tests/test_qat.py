@@ -21,6 +21,7 @@ from edgetl.cli import cli
 from edgetl.errors import AccuracyBudgetError
 from edgetl.manifest import Manifest
 from edgetl.qat import default_qat_epochs, qat_target
+from edgetl.run import run_status
 
 torch = pytest.importorskip("torch")
 FAST = dict(precision="int8", calib_size=12, sensitivity_images=0, latency_runs=0, max_drop="none")
@@ -62,6 +63,13 @@ def test_qdq_qat_is_a_recorded_stage_with_its_training(learned_base, tmp_path):
     row = next(r for r in report.results if r["key"] == "jetson/int8-qat/model.qdq.onnx")
     assert row["label"].endswith(" QAT") and row["build"]["method"] == "qat"
     assert row["accuracy"]["top1"] == pytest.approx(m["top1"])
+    manifest = Manifest.load(run)  # the checkpoint trained again: the QAT build is stale
+    (run / "checkpoint.pt").write_bytes((run / "checkpoint.pt").read_bytes() + b"\0")
+    manifest.add_artifact("finetune", run / "checkpoint.pt")
+    manifest.save()
+    states = {s.stage: s for s in run_status(run)}
+    assert states["jetson:int8:qat"].state == "stale" and "checkpoint.pt" in states["jetson:int8:qat"].detail
+    assert "--qat" in states["jetson:int8:qat"].detail
 
 
 @pytest.mark.slow
