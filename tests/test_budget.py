@@ -95,3 +95,13 @@ def test_package_refuses_it_unless_allowed(missed_run: Path, tmp_path: Path):
         meta = json.load(tar.extractfile(member))
     assert meta["budget"]["met"] is False and meta["budget"]["max_drop"] == 1.0
     assert meta["budget"]["drop_points"] > 1.0
+
+
+def test_bench_command_prints_the_mark_in_its_notes(missed_run: Path, tmp_path: Path):
+    """The terminal notes keep the label's [budget-missed] (printed as text, not as console markup)."""
+    result = invoke("bench", missed_run, "--runtime", "openvino", "--runtime", "torch", "--warmup", 1, "--iterations", 3,
+                    "--rounds", 1, "--round-time", 0.3, "--min-iterations", 2, "--no-memory", "--bootstrap", 100,
+                    "-o", tmp_path / "b")
+    assert result.exit_code == 0, result.output
+    notes = [line for line in result.output.splitlines() if line.strip().startswith("note:")]
+    assert any("OpenVINO INT8 [budget-missed]: top-1 drop" in line and "(built budget-missed)" in line for line in notes), notes

@@ -67,7 +67,7 @@ def bench(inputs, overwrite, values, given) -> None:
         raise
     console.print(render_table(report.data))
     for note in report.data["notes"]:
-        console.print(f"  note: {note}", highlight=False)
+        console.print(f"  note: {note}", highlight=False, markup=False, soft_wrap=True)  # [budget-missed] is text
     if report.data.get("comparison"):
         console.print(render_comparison(report.data["comparison"]))
     click.echo(f"reports: {', '.join(str(p) for p in report.files.values())}")
