@@ -10,8 +10,15 @@ from __future__ import annotations
 import importlib
 import re
 from types import ModuleType
+from typing import Any
 
 from .errors import MissingBackendError
+
+
+def load_attr(dotted: str) -> Any:
+    """``package.module:attribute`` imported on demand (the entries of edgetl's tables)."""
+    module, _, attr = dotted.partition(":")
+    return getattr(importlib.import_module(module), attr)
 
 
 def lazy_import(module: str, *, extra: str | None = None, package: str | None = None, purpose: str = "",

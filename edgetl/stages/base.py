@@ -6,19 +6,13 @@ A stage module is light to import (no ML framework): its config class and entry 
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, ClassVar
 
+from .._lazy import load_attr
 from ..errors import RunFolderError
 from ..run.keys import StageKey, StageKind
-
-
-def load_attr(dotted: str) -> Any:
-    """``package.module:attribute`` imported on demand."""
-    module, _, attr = dotted.partition(":")
-    return getattr(importlib.import_module(module), attr)
 
 
 class Stage:

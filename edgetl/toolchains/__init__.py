@@ -6,8 +6,8 @@ toolchain is asked for. Adding a target family (TensorRT next) is one module and
 
 from __future__ import annotations
 
-import importlib
 
+from .._lazy import load_attr
 from ..errors import TargetError, did_you_mean
 from .base import SavedArtifact, Toolchain
 
@@ -19,8 +19,7 @@ def get_toolchain(name: str) -> Toolchain:
     if name not in TOOLCHAINS:
         raise TargetError(f"no toolchain {name!r} to build with.{did_you_mean(name, list(TOOLCHAINS))} "
                           f"Known: {', '.join(TOOLCHAINS)}")
-    module, _, cls = TOOLCHAINS[name].partition(":")
-    return getattr(importlib.import_module(module), cls)()
+    return load_attr(TOOLCHAINS[name])()
 
 
 __all__ = ["TOOLCHAINS", "SavedArtifact", "Toolchain", "get_toolchain"]

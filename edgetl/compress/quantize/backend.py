@@ -8,10 +8,10 @@ accuracy budget, fall back).
 from __future__ import annotations
 
 import abc
-import importlib
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
+from ..._lazy import load_attr
 from ...errors import ConfigError, did_you_mean
 
 BACKENDS = {"nncf-openvino": "edgetl.compress.quantize.nncf_openvino:NNCFOpenVINO",
@@ -21,6 +21,8 @@ BACKENDS = {"nncf-openvino": "edgetl.compress.quantize.nncf_openvino:NNCFOpenVIN
 
 class QuantizerBackend(abc.ABC):
     name = ""
+    qat_engine: ClassVar[str | None] = None
+    """``module:Class`` of its quantization-aware training engine (:class:`.qat.QATEngine`), if it has one."""
 
     @abc.abstractmethod
     def check(self) -> None:
@@ -58,8 +60,14 @@ class QuantizerBackend(abc.ABC):
         raise NotImplementedError(f"{self.name} cannot return single layers to float")
 
 
+    def qat(self) -> Any:
+        """A new QAT engine for this backend's INT8 models."""
+        if self.qat_engine is None:
+            raise ConfigError(f"quantizer {self.name} has no quantization-aware training: build without --qat")
+        return load_attr(self.qat_engine)()
+
+
 def get_backend(name: str) -> QuantizerBackend:
     if name not in BACKENDS:
         raise ConfigError(f"unknown quantizer backend {name!r}.{did_you_mean(name, list(BACKENDS))}")
-    module, _, cls = BACKENDS[name].partition(":")
-    return getattr(importlib.import_module(module), cls)()
+    return load_attr(BACKENDS[name])()

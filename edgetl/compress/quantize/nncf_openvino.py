@@ -210,6 +210,7 @@ class NNCFOpenVINO(QuantizerBackend):
     """NNCF on an in-memory ``openvino.Model``: PTQ, accuracy-controlled PTQ, sensitivity report."""
 
     name = "nncf-openvino"
+    qat_engine = "edgetl.compress.quantize.qat_nncf:NNCFTraining"
 
     def check(self) -> None:
         import_nncf()

@@ -382,6 +382,7 @@ class OrtQDQ(QuantizerBackend):
     """ONNX Runtime ``quantize_static`` to TensorRT-placed Q/DQ, on an in-memory ``onnx.ModelProto``."""
 
     name = "ort-qdq"
+    qat_engine = "edgetl.compress.quantize.qat_qdq:QDQTraining"
 
     def check(self) -> None:
         import_onnx()

@@ -1,4 +1,4 @@
-"""Quantization-aware training engines, one per quantizer backend (the one table of them).
+"""Quantization-aware training engines: each quantizer backend names its own (``QuantizerBackend.qat_engine``).
 
 An engine turns the float PyTorch model into a trainable fake-quantized one that behaves as the backend's
 INT8 model will (:meth:`QATEngine.prepare`), and the trained one into the backend's INT8 model
@@ -10,12 +10,6 @@ from __future__ import annotations
 import abc
 from pathlib import Path
 from typing import Any
-
-from ...errors import ConfigError, did_you_mean
-
-QAT_ENGINES = {"ort-qdq": "edgetl.compress.quantize.qat_qdq:QDQTraining",
-               "nncf-openvino": "edgetl.compress.quantize.qat_nncf:NNCFTraining"}
-"""quantizer backend name -> 'module:Class' of its QAT engine; nothing is imported until asked for."""
 
 
 class QATEngine(abc.ABC):
@@ -34,13 +28,3 @@ class QATEngine(abc.ABC):
     def describe(self) -> dict[str, Any]:
         """What :meth:`prepare` did, for build.json."""
         return {}
-
-
-def get_qat_engine(quantizer: str) -> QATEngine:
-    import importlib
-
-    if quantizer not in QAT_ENGINES:
-        raise ConfigError(f"no quantization-aware training for quantizer {quantizer!r}."
-                          f"{did_you_mean(quantizer, list(QAT_ENGINES))}")
-    module, _, cls = QAT_ENGINES[quantizer].partition(":")
-    return getattr(importlib.import_module(module), cls)()
