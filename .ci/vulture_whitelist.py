@@ -47,3 +47,4 @@ _.built_from  # edgetl/run/keys.py StageKey: public API of the key (which build 
 _.finished, _.resumed, _.onnxruntime_options  # edgetl/run/records.py: fields of the JSON records (read by users of the API)
 _.fit_images, _.held_out_images  # edgetl/compress/quantize/calibration_search.py SearchReport: recorded in build.json
 _.NNCFTraining, _.QDQTraining  # edgetl/compress/quantize/qat.py QAT_ENGINES: named as module:Class strings
+_.qat_target  # edgetl/qat.py: the QAT stage entry point, named as a string in the stage table and edgetl._LAZY

@@ -165,26 +165,41 @@ def build_target(run_dir: str | Path, config: TargetBuildConfig | None = None, *
     The float ONNX model and checkpoint are checked against their recorded sha256s (``verify=False``
     skips that), and an ONNX export older than the checkpoint is refused as stale.
     """
-    from .run.keys import StageKind
-    from .stages import stage_for
-
     config = config or TargetBuildConfig()
     profile, precision, toolchain = check_build_config(config)
     qat = False if precision != Precision.INT8 else config.qat  # None: when PTQ misses the budget
-    qat_target = stage_for(StageKind.QAT).run  # edgetl.qat (through the stage table: it builds on this module)
     manifest = Manifest.load(run_dir)
     manifest.require(ONNX, f"run `edgetl export {run_dir}` first")
     require_current(manifest, ONNX)
     inputs = verify_inputs(manifest, [ONNX_FILE, CHECKPOINT], verify=verify)
     if qat:  # --qat: straight to it (it calibrates as PTQ does)
-        return qat_target(run_dir, config, verify=False)
-    try:
-        return _build(manifest.run_dir, manifest, profile, precision, config, inputs, toolchain)
-    except AccuracyBudgetError as exc:
-        if qat is False:
-            raise
-        log.warning("%s; running quantization-aware training (--no-qat: stop at PTQ)", str(exc).split("; kept")[0])
-        return qat_target(run_dir, config, verify=False)
+        return _qat_stage()(run_dir, config, verify=False)
+    result = _build(manifest.run_dir, manifest, profile, precision, config, inputs, toolchain)
+    if result.status != Status.BUDGET_MISSED:
+        return result
+    if qat is False:
+        raise budget_error(result, "Try more representative --calib-data, fp16, --qat, or --max-drop N / none")
+    log.warning("%s missed its accuracy budget (drop %.2f points > %g): running quantization-aware training "
+                "(--no-qat: stop there)", result.stage, result.metrics["drop_points"], result.metrics["max_drop"])
+    return _qat_stage()(run_dir, config, verify=False)
+
+
+def _qat_stage() -> Any:
+    """``edgetl.qat.qat_target``, reached through the stage table (that module builds on this one)."""
+    from .run.keys import StageKind
+    from .stages import stage_for
+
+    return stage_for(StageKind.QAT).run
+
+
+def budget_error(result: TargetBuildResult, hint: str) -> AccuracyBudgetError:
+    """The one-line error of a build recorded budget-missed, with its figures and ``hint``."""
+    m = result.metrics
+    return AccuracyBudgetError(
+        f"{result.stage} missed its accuracy budget: top-1 drop {m['drop_points']:.2f} points exceeds "
+        f"{Budget(m['max_drop'], m['budget_source']).describe()} ({100 * m['top1']:.2f}% vs float "
+        f"{100 * m['float_top1']:.2f}%, {m['method']}); kept in {result.path.parent} as budget-missed (`edgetl "
+        f"package` refuses it without --allow-budget-miss). {hint}")
 
 
 # -- the generic build ----------------------------------------------------------------------
@@ -212,27 +227,12 @@ def _build(run_dir: Path, manifest: Manifest, profile: TargetProfile, precision:
         build.build_s = time.perf_counter() - start
         with staging_dir(final) as tmp:
             saved, metrics = build.write(tmp, float_model, model, quantized)
-        for i, artifact in enumerate(saved):
-            record = {**artifact.record, **({"runtime": toolchain.runtime, "precision": precision,
-                                             "device": toolchain.device(profile), "runner_options": build.runner_options,
-                                             "executed_precision": metrics["executed_precision"]} if i == 0 else {})}
-            st.artifact(final / artifact.name, **record)
-        for report in ("sensitivity.json", "build.json"):
-            if (final / report).is_file():
-                st.artifact(final / report)
-        st.metrics.update(metrics)
-        missed = build.budget.missed(metrics["drop_points"])
-        st.status = Status.BUDGET_MISSED if missed else Status.COMPLETE
-    if missed:
-        raise AccuracyBudgetError(
-            f"{name} missed its accuracy budget: top-1 drop {metrics['drop_points']:.2f} points exceeds "
-            f"{build.budget.describe()} ({100 * metrics['top1']:.2f}% vs float {100 * float_top1:.2f}%, "
-            f"{metrics['method']}); kept in {final} as budget-missed (`edgetl package` refuses it without "
-            "--allow-budget-miss). Try more representative --calib-data, fp16, or --max-drop N / none")
-    log.info("wrote %s: top-1 %.2f%% (drop %.2f points), runs in %s, p50 %.2f ms", final / saved[0].name,
-             100 * metrics["top1"], metrics["drop_points"], metrics["executed_precision"],
-             metrics["latency_p50_ms"] or float("nan"))
-    return TargetBuildResult(name, final / saved[0].name, str(Status.COMPLETE), metrics)
+        build.record(st, final, saved, metrics)
+    if st.status != Status.BUDGET_MISSED:
+        log.info("wrote %s: top-1 %.2f%% (drop %.2f points), runs in %s, p50 %.2f ms", final / saved[0].name,
+                 100 * metrics["top1"], metrics["drop_points"], metrics["executed_precision"],
+                 metrics["latency_p50_ms"] or float("nan"))
+    return TargetBuildResult(name, final / saved[0].name, str(st.status), metrics)
 
 
 @dataclass
@@ -268,6 +268,21 @@ class TargetBuild:
             max_reverted_layers=cfg.max_reverted_layers, images=self.images, labels=labels,
             layer_precisions=self.toolchain.layer_precisions)
         return outcome.model, outcome.metrics
+
+    def record(self, st: Any, final: Path, saved: list[SavedArtifact], metrics: dict[str, Any]) -> None:
+        """Record the build's files (the first with what runs it), its reports and metrics in the stage ``st``,
+        and its status: budget-missed when the drop exceeds the budget."""
+        tc = self.toolchain
+        for i, artifact in enumerate(saved):
+            record = {**artifact.record, **({"runtime": tc.runtime, "precision": self.precision,
+                                             "device": tc.device(self.profile), "runner_options": self.runner_options,
+                                             "executed_precision": metrics["executed_precision"]} if i == 0 else {})}
+            st.artifact(final / artifact.name, **record)
+        for report in ("sensitivity.json", "build.json"):
+            if (final / report).is_file():
+                st.artifact(final / report)
+        st.metrics.update(metrics)
+        st.status = Status.BUDGET_MISSED if self.budget.missed(metrics["drop_points"]) else Status.COMPLETE
 
     def write(self, tmp: Path, float_model: Any, model: Any, quantized: dict[str, Any]
               ) -> tuple[list[SavedArtifact], dict[str, Any]]:

@@ -28,9 +28,8 @@ from . import __version__
 from ._io import atomic_path, sha256, staging_dir, utc_now, write_json
 from .errors import AccuracyBudgetError, RunFolderError
 from .run.builds import built, choose_build
-from .qat import TRAINING_DIR
 from .run.integrity import budget_miss, superseded_by, verified_file
-from .run.keys import BENCH, StageKey, Status
+from .run.keys import BENCH, QAT_TRAINING_DIR, StageKey, Status
 from .run.manifest import Manifest
 from .run.records import ArtifactRecord
 from .runtime import SCHEMA_VERSION
@@ -126,7 +125,7 @@ def _stage_files(manifest: Manifest, stage_name: StageKey, verify: bool) -> dict
     records = manifest.record(stage_name).artifacts
     out = {}
     for rel, record in records.items():
-        if Path(rel).name in LEFT_OUT or Path(rel).parts[0] == TRAINING_DIR:  # diagnostics, QAT's checkpoints
+        if Path(rel).name in LEFT_OUT or Path(rel).parts[0] == QAT_TRAINING_DIR:  # diagnostics, QAT's checkpoints
             continue
         verified_file(manifest, rel, verify=verify)
         out[rel] = record

@@ -14,6 +14,7 @@ command runs again with the same options and inputs, and ends bit for bit as an 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 import math
 from pathlib import Path
@@ -22,18 +23,18 @@ from typing import Any
 from . import build as ptq
 from ._io import staging_dir
 from .build import TargetBuild, TargetBuildConfig, TargetBuildResult, check_build_config, quantization_block
-from .errors import AccuracyBudgetError, RunFolderError
+from .errors import RunFolderError
 from .export import CHECKPOINT, ONNX_FILE
 from .run.integrity import require_current
-from .run.keys import FINETUNE, ONNX, Precision, StageKey, Status, is_done
+from .run.keys import FINETUNE, ONNX, QAT_TRAINING_DIR, Precision, StageKey, Status, is_done
 from .run.manifest import Manifest
 from .run.stage import stage, verify_inputs
+from .train.callbacks import BEST, LAST
+from .train.trainer import METRICS
 
 log = logging.getLogger(__name__)
 QAT_FOLDER = "int8-qat"
 """The QAT build's folder inside ``RUN/TARGET/`` (beside the PTQ build's ``int8``)."""
-TRAINING_DIR = "qat"
-"""``RUN/qat/TARGET-int8/``: the QAT training's checkpoints."""
 QAT_OPTIONS = ("qat_epochs", "qat_lr", "qat_patience", "seed", "calib_data", "calib_size", "calibration")
 """Options that change what QAT trains: a resumed QAT must have the same."""
 
@@ -65,6 +66,12 @@ class _QAT:
     inputs: dict[str, str]
     progress: bool
 
+    @functools.cached_property
+    def finetune_options(self) -> dict[str, Any]:
+        """The run's recorded training options (its recipe, and where its images are)."""
+        record = self.manifest.record(FINETUNE)
+        return dict(record.options) if record else {}
+
     @property
     def key(self) -> StageKey:
         return StageKey.qat(self.profile.name, Precision.INT8)
@@ -90,32 +97,25 @@ class _QAT:
         final = run_dir / self.profile.name / QAT_FOLDER
         with stage(manifest, self.key, options, self.inputs, reopen=resume,
                    busy_hint="another QAT of it is running") as st:
-            exported, engine, result = self.train(settings, calib, spec, resume)
+            float_model = self.toolchain.convert(run_dir / ONNX_FILE)
+            exported, engine, result = self.train(settings, float_model, calib, spec, resume)
             with staging_dir(final) as tmp:
-                saved, metrics = build.write(tmp, build.toolchain.convert(run_dir / ONNX_FILE), exported, {
-                    "method": "qat", "calibration": engine.describe().get("calibration", "qat-trained"),
-                    "calib_images": len(calib), "qat": {**engine.describe(), "epochs_run": result.metrics["epochs_run"],
-                                                        "best_epoch": result.metrics["best_epoch"],
-                                                        "fake_quant_val_top1": result.metrics["top1"],
-                                                        "wall_time_s": result.metrics["wall_time_s"]}})
-            self.record(st, final, saved, metrics)
-            missed = build.budget.missed(metrics["drop_points"])
-            st.status = Status.BUDGET_MISSED if missed else Status.COMPLETE
-        if missed:
-            raise AccuracyBudgetError(
-                f"{self.key} missed its accuracy budget: top-1 drop {metrics['drop_points']:.2f} points exceeds "
-                f"{build.budget.describe()} ({100 * metrics['top1']:.2f}% vs float {100 * float_top1:.2f}%, qat); "
-                f"kept in {final} as budget-missed. Try --qat-epochs N, fp16, or --max-drop N / none")
+                saved, metrics = build.write(tmp, float_model, exported, _qat_metrics(engine, result, len(calib)))
+            build.record(st, final, saved, metrics)
+            st.artifact(self.training_dir() / BEST)  # the trained fake-quant model and its history
+            st.artifact(self.training_dir() / METRICS)
+        result = TargetBuildResult(str(self.key), final / saved[0].name, str(st.status), metrics)
+        if st.status == Status.BUDGET_MISSED:
+            raise ptq.budget_error(result, "Try --qat-epochs N, fp16, or --max-drop N / none")
         log.info("wrote %s: top-1 %.2f%% (drop %.2f points) after QAT, runs in %s", final / saved[0].name,
                  100 * metrics["top1"], metrics["drop_points"], metrics["executed_precision"])
-        return TargetBuildResult(str(self.key), final / saved[0].name, str(Status.COMPLETE), metrics)
+        return result
 
     def train_settings(self) -> Any:
         """The run's own training recipe (batch, augmentation, label smoothing), every layer at ``qat_lr``."""
         from .train.settings import TrainSettings
 
-        ft = dict(self.manifest.record(FINETUNE).options) if self.manifest.record(FINETUNE) else {}
-        cfg = self.config
+        ft, cfg = self.finetune_options, self.config
         epochs = cfg.qat_epochs or default_qat_epochs(int(ft.get("epochs") or 10))
         return TrainSettings(epochs=epochs, batch_size=int(ft.get("batch_size") or 32), lr=cfg.qat_lr,
                              strategy="full", backbone_lr_scale=1.0, weight_decay=0.0, warmup_epochs=0.0,
@@ -124,11 +124,10 @@ class _QAT:
                              freeze_bn=True, seed=cfg.seed, workers=int(ft.get("workers", 1) or 0),
                              threads=ft.get("threads"), start_is_candidate=True)
 
-    def train(self, settings: Any, calib: list, spec: Any, resume: bool) -> tuple[Any, Any, Any]:
+    def train(self, settings: Any, float_model: Any, calib: list, spec: Any, resume: bool) -> tuple[Any, Any, Any]:
         import torch
 
         from .compress import quantize as q
-        from .compress.quantize.qat import get_qat_engine
         from .data import load_run_splits
         from .models import ModelBundle, load_run_model
         from .train import distributed
@@ -139,31 +138,28 @@ class _QAT:
         torch.manual_seed(settings.seed)
         backend = q.get_backend(self.toolchain.quantizer)
         qsettings = backend.settings(quantization_block(self.profile, cfg), f"{self.profile.name}.yaml")
-        engine = get_qat_engine(self.toolchain.quantizer)
+        engine = backend.qat()
         model, checkpoint = load_run_model(manifest.run_dir)
-        float_model = self.toolchain.convert(manifest.run_dir / ONNX_FILE)
         prepared = engine.prepare(model, float_model, calib, spec, qsettings, backend)
         bundle = ModelBundle(model=prepared, name=checkpoint["model_name"], preprocess=spec,
                              head=list(manifest.model["head"]), pretrained="qat", num_classes=len(manifest.classes),
                              architecture=checkpoint.get("architecture"))
-        ft = dict(manifest.record(FINETUNE).options) if manifest.record(FINETUNE) else {}
-        trainer = Trainer(settings, bundle, load_run_splits(manifest, ft), self.training_dir(), progress=self.progress)
+        trainer = Trainer(settings, bundle, load_run_splits(manifest, self.finetune_options), self.training_dir(),
+                          progress=self.progress)
         if resume:
             try:
                 trainer.restore()
             except RunFolderError as exc:  # written by another edgetl, or damaged: QAT is cheap to start again
                 log.warning("cannot continue the stopped QAT (%s): starting it again", str(exc).split(": ")[0])
-                return self.train(settings, calib, spec, resume=False)
+                return self.train(settings, float_model, calib, spec, resume=False)
         result = trainer.run(fresh=not resume)
         return engine.export(trainer.model), engine, result
 
     def training_dir(self) -> Path:
-        return self.manifest.run_dir / TRAINING_DIR / f"{self.profile.name}-{Precision.INT8}"
+        return self.manifest.run_dir / QAT_TRAINING_DIR / f"{self.profile.name}-{Precision.INT8}"
 
     def resumable(self, options: dict[str, Any]) -> bool:
         """A QAT of this target that stopped mid-way with the same options and inputs: continue it."""
-        from .train.callbacks import LAST
-
         record = self.manifest.record(self.key)
         if record is None or is_done(record.status) or not (self.training_dir() / LAST).is_file():
             return False
@@ -172,17 +168,10 @@ class _QAT:
             log.info("continuing the QAT of %s that stopped (%s)", self.key, record.status)
         return same
 
-    def record(self, st: Any, final: Path, saved: list, metrics: dict[str, Any]) -> None:
-        from .train.trainer import METRICS
 
-        for i, artifact in enumerate(saved):
-            extra = {"runtime": self.toolchain.runtime, "precision": Precision.INT8,
-                     "device": self.toolchain.device(self.profile), "runner_options": self.toolchain.runner_options(
-                         self.profile, Precision.INT8), "executed_precision": metrics["executed_precision"]}
-            st.artifact(final / artifact.name, **{**artifact.record, **(extra if i == 0 else {})})
-        for report in ("sensitivity.json", "build.json"):
-            if (final / report).is_file():
-                st.artifact(final / report)
-        st.artifact(self.training_dir() / "checkpoint.pt")
-        st.artifact(self.training_dir() / METRICS)
-        st.metrics.update(metrics)
+def _qat_metrics(engine: Any, training: Any, calib_images: int) -> dict[str, Any]:
+    """What a QAT build adds to build.json's metrics: the method, the engine and how the training went."""
+    described = engine.describe()
+    return {"method": "qat", "calibration": described.get("calibration", "qat-trained"), "calib_images": calib_images,
+            "qat": {**described, "fake_quant_val_top1": training.metrics["top1"],
+                    **{k: training.metrics[k] for k in ("epochs_run", "best_epoch", "wall_time_s")}}}

@@ -15,7 +15,7 @@ from typing import Any
 
 from .._io import sha256
 from ..errors import IntegrityError, RunFolderError
-from .keys import RunState, StageKey, StageKind, Status, is_done
+from .keys import RunState, StageKey, StageKind, Status, is_done, try_parse
 from .manifest import Manifest
 from .safe_paths import run_file
 
@@ -102,8 +102,8 @@ def budget_miss(metrics: dict[str, Any]) -> str:
 
 def superseded_by(manifest: Manifest, stage: str | StageKey) -> str | None:
     """For a PTQ build that missed its budget: its current QAT build that met the budget (``TARGET:int8:qat``)."""
-    key = StageKey.parse(str(stage))
-    if key.kind is not StageKind.BUILD:
+    key = try_parse(str(stage))
+    if key is None or key.kind is not StageKind.BUILD:
         return None
     qat = StageKey.qat(key.target or "", key.precision or "")
     record = manifest.record(qat)

@@ -88,6 +88,8 @@ class Precision(_Name):
     INT8 = "int8"
 
 
+QAT_TRAINING_DIR = "qat"
+"""``RUN/qat/TARGET-PRECISION/``: a QAT build's training files (checkpoints, history), not deployed."""
 ENGINE_SUFFIX = StageKind.ENGINE.value
 QAT_SUFFIX = StageKind.QAT.value
 _SUFFIXED = {ENGINE_SUFFIX: StageKind.ENGINE, QAT_SUFFIX: StageKind.QAT}
