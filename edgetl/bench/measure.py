@@ -223,7 +223,8 @@ def _rss_bytes() -> int | None:
 
 
 METHOD_TITLES = {"qat": "QAT", "accuracy-control": "accuracy control"}
-"""Label suffixes of builds made otherwise than by plain PTQ (fallback: ``fallback(2 float layers)``)."""
+"""Label suffixes of builds made otherwise than by plain PTQ (any other method, e.g. ``ptq+fallback(2 layers)``,
+is shown as recorded)."""
 
 
 def _label(target: BenchTarget, executed: str | None) -> str:
@@ -233,9 +234,9 @@ def _label(target: BenchTarget, executed: str | None) -> str:
         label += f" (ran {executed})"
     if target.variant == "f32-hint":
         label += " (f32 hint)"
-    method = (target.build or {}).get("method") or ""
-    if method in METHOD_TITLES or method.startswith("ptq+fallback"):  # how an INT8 build was made
-        label += f" {METHOD_TITLES.get(method, method.replace('ptq+', '').replace('layer', 'float layer'))}"
+    method = (target.build or {}).get("method")
+    if method and method not in ("ptq", target.precision):  # made otherwise than plain PTQ (or as a float build)
+        label += f" {METHOD_TITLES.get(method, method)}"
     return f"{target.run}: {label}" if target.run else label
 
 

@@ -72,6 +72,9 @@ def test_fake_quant_reproduces_the_ptq_qdq_model(lite0):
     assert sorted(plan.weights) == sorted(plan.input_scales) and len(plan.weights) == len(quantized_layers(qdq))
     assert plan.residual_inputs and plan.not_emulated == 0
     qat_qdq.attach_fake_quant(model, plan, torch.from_numpy(x[:1]))
+    from torch.nn.utils import parametrize
+
+    assert sorted(n for n, m in modules.items() if parametrize.is_parametrized(m, "weight")) == plan.weights
     ort = ort_qdq.session(qdq, optimize=False).run(None, {"input": x})[0]
     assert _mean_abs(_logits(model, x), ort) < 0.6 * _mean_abs(reference, ort)
 

@@ -33,16 +33,20 @@ the other (the exporter folds BatchNorm in its own order of operations)."""
 
 @dataclass
 class QDQPlan:
-    """What fake-quant a PyTorch model gets, read from a PTQ Q/DQ model: per layer (module name) the scale
-    of its input activation, and whether its weight is quantized."""
+    """What fake-quant a PyTorch model gets, read from a PTQ Q/DQ model: per quantized layer (module name)
+    the scale of its input activation; its weight is fake-quantized too."""
 
     input_scales: dict[str, float] = field(default_factory=dict)
-    weights: list[str] = field(default_factory=list)
     residual_inputs: list[str] = field(default_factory=list)
     """Layers whose quantized input also feeds a residual Add (the Add reads it in INT8 too): the fake-quant
     goes on the outermost module that takes that input, so the shortcut sees it as well."""
     not_emulated: int = 0
     """Activation Q/DQs of the PTQ model that no layer's input fake-quant reproduces."""
+
+    @property
+    def weights(self) -> list[str]:
+        """The layers whose weight is fake-quantized: those with a quantized input (quantize_qdq quantizes both)."""
+        return sorted(self.input_scales)
 
 
 # -- BatchNorm folding ----------------------------------------------------------------------
@@ -142,17 +146,23 @@ def layer_weights(model: Any) -> dict[str, tuple[np.ndarray, str, str | None]]:
     from onnx import numpy_helper
 
     inits = {i.name: i for i in model.graph.initializer}
-    layers = {}
+    return {node.name: (_torch_layout(node, numpy_helper.to_array(inits[weight])), weight, bias)
+            for node, weight, bias in _weighted_nodes(model, inits)}
+
+
+def _weighted_nodes(model: Any, inits: dict[str, Any]) -> Any:
+    """(node, weight initializer, bias initializer or None) of every Conv/Gemm with an initializer weight."""
     for node in model.graph.node:
-        if node.op_type not in ("Conv", "Gemm") or len(node.input) < 2 or node.input[1] not in inits:
-            continue
-        weight = numpy_helper.to_array(inits[node.input[1]])
-        trans_b = next((a.i for a in node.attribute if a.name == "transB"), 0)
-        if node.op_type == "Gemm" and not trans_b:
-            weight = weight.T
-        bias = node.input[2] if len(node.input) > 2 and node.input[2] in inits else None
-        layers[node.name] = (weight, node.input[1], bias)
-    return layers
+        if node.op_type in ("Conv", "Gemm") and len(node.input) >= 2 and node.input[1] in inits:
+            yield node, node.input[1], node.input[2] if len(node.input) > 2 and node.input[2] in inits else None
+
+
+def _torch_layout(node: Any, weight: np.ndarray) -> np.ndarray:
+    """An ONNX weight as PyTorch holds it, and back (its own inverse): a Gemm without ``transB`` stores
+    ``[in, out]``, a Linear ``[out, in]``."""
+    if node.op_type == "Gemm" and not next((a.i for a in node.attribute if a.name == "transB"), 0):
+        return weight.T
+    return weight
 
 
 def qdq_layer_weights(qdq: Any) -> dict[str, np.ndarray]:
@@ -167,9 +177,7 @@ def qdq_layer_weights(qdq: Any) -> dict[str, np.ndarray]:
         weight = index.array(index.raw(node.input[1]))
         if weight is None:
             raise ModelError(f"QAT: the weight of {node.name} is not a float initializer behind Q -> DQ")
-        if node.op_type == "Gemm" and not next((a.i for a in node.attribute if a.name == "transB"), 0):
-            weight = weight.T
-        out[node.name] = weight
+        out[node.name] = _torch_layout(node, weight)
     return out
 
 
@@ -179,7 +187,7 @@ def plan_from_qdq(qdq: Any, modules: dict[str, Any]) -> QDQPlan:
 
     index = GraphIndex(qdq)
     matched = match_layers(qdq_layer_weights(qdq), modules)
-    plan = QDQPlan(weights=sorted(matched.values()))
+    plan = QDQPlan()
     nodes = {n.name: n for n in qdq.graph.node}
     fed = set()
     for node_name, module in matched.items():
@@ -292,20 +300,17 @@ def with_weights(float_onnx: Any, modules: dict[str, Any], mapping: dict[str, st
 
     model = copy.deepcopy(float_onnx)
     inits = {i.name: i for i in model.graph.initializer}
-    nodes = {n.name: n for n in model.graph.node}
-    for node_name, (_, weight_name, bias_name) in layer_weights(model).items():
-        module = modules[mapping[node_name]]
-        new = _module_weight(module).astype(np.float32)
-        if nodes[node_name].op_type == "Gemm" and not next(
-                (a.i for a in nodes[node_name].attribute if a.name == "transB"), 0):
-            new = new.T
-        inits[weight_name].CopyFrom(numpy_helper.from_array(np.ascontiguousarray(new), weight_name))
+    for node, weight_name, bias_name in _weighted_nodes(model, inits):
+        module = modules[mapping[node.name]]
+        weight = _module_weight(module).astype(np.float32)
+        inits[weight_name].CopyFrom(numpy_helper.from_array(np.ascontiguousarray(_torch_layout(node, weight)),
+                                                            weight_name))
         bias = module.bias.detach().cpu().numpy().astype(np.float32) if module.bias is not None else None
         if bias_name is not None:
             inits[bias_name].CopyFrom(numpy_helper.from_array(
-                bias if bias is not None else np.zeros(new.shape[0], np.float32), bias_name))
+                bias if bias is not None else np.zeros(weight.shape[0], np.float32), bias_name))
         elif bias is not None and np.any(bias):
-            raise ModelError(f"QAT: {node_name} has no bias in the ONNX model but its PyTorch twin has one")
+            raise ModelError(f"QAT: {node.name} has no bias in the ONNX model but its PyTorch twin has one")
     return model
 
 
